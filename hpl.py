@@ -1,0 +1,1370 @@
+"""hpl.py: Hierarchical Preference Learning (HPL) for long-horizon LLM agents, in one readable file.
+
+Gao, Sun, Min, Cai, Wang, Yin, Chen. "Solving the Granularity Mismatch: Hierarchical Preference Learning for
+Long-Horizon LLM Agents". arXiv 2510.03253, ICLR 2026. The file follows the paper top to bottom:
+
+  §3.2    behaviour cloning of the expert, Eq. (1)                   -> sft()                      section 3
+  §3.3.1  trajectory- and step-level preference pairs, Eqs. (3)-(4)  -> trajectory_pairs(), step_pairs()   5
+  §3.3.2  action-group segmentation, four strategies                 -> segment()                  section 6
+  §3.3.3  group-level pairs, Monte-Carlo group rewards, Eqs. (2), (5) -> group_pairs(), mc_estimate()      7
+  §3.4    dual-layer curriculum, Eq. (9), Table 4                     -> curriculum()               section 8
+  Eq. (8) L = L_BC + L_traj + L_step + L_group^(s), phase by phase    -> hpl_loss(), train()        section 9
+  §4      evaluation; the SFT, RFT, ETO and IPR baselines             -> evaluate(), run_method()   10-11
+
+Usage:
+  python hpl.py --env alfworld                   # the whole pipeline on an embedded tiny Qwen2 (CPU, minutes)
+  python hpl.py --env webshop --method eto       # a baseline: sft | rft | eto | ipr | hpl
+  python hpl.py --env alfworld --segmentation fixed_k --curriculum static --no-step     # ablations
+  python hpl.py --env alfworld --model Qwen/Qwen2.5-1.5B-Instruct --preset paper --device cuda
+Every hyperparameter is a field of `Config` below (`--help` lists them). What differs from the paper, and why,
+is listed in README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import envs
+
+# ---------------------------------------------------------------------------------------------------------
+# 0. Configuration: every hyperparameter, one line each (the default preset fits a 2-core CPU)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Config:
+    # run
+    env: str = "alfworld"            # alfworld | webshop | intercode_sql
+    method: str = "hpl"              # sft | rft | eto | ipr | hpl (the trained methods of Table 1)
+    segmentation: str = "semantic"   # fixed_n | fixed_k | uncertainty | semantic (§3.3.2)
+    curriculum: str = "dual"         # dual | static | length | difficulty (§3.4, Table 2)
+    no_traj: bool = False            # drop L_traj-DPO from Eq. (8) (Fig. 5 ablation)
+    no_step: bool = False            # drop L_step-DPO from Eq. (8)
+    no_group: bool = False           # drop L_group-DPO from Eq. (8)
+    model: str = "tiny"              # "tiny" (embedded Qwen2, random init) or a hub id / local model dir
+    segmenter_model: str = ""        # local chat model that gets App. I's prompt for `semantic` segmentation
+    preset: str = "cpu"              # cpu | paper | smoke (see PRESETS)
+    seed: int = 0                    # one seed for everything (torch, numpy, random, env tasks, sampling)
+    device: str = "auto"             # auto | cpu | cuda | mps
+    out: str = ""                    # run folder; default runs/<env>/<model>-<preset>-seed<seed>
+    # environment
+    scene: str = "small"             # ALFWorld room size: small (6-10 receptacles) | full (real sizes)
+    max_steps: int = 0               # agent steps per episode; 0 = env default (ALFWorld 30, WebShop/SQL 10)
+    instruction: str = "short"       # short: one-line system prompt | full: ETO/IPR instruction + "OK" turn
+    # the embedded tiny Qwen2 (ignored for --model <path>)
+    vocab_size: int = 1024           # byte-level BPE vocabulary trained on the env's text
+    hidden_size: int = 192           # Qwen2Config.hidden_size
+    num_layers: int = 3              # Qwen2Config.num_hidden_layers
+    num_heads: int = 6               # attention heads
+    num_kv_heads: int = 2            # key/value heads (grouped-query attention, as Qwen2)
+    intermediate_size: int = 512     # MLP width
+    max_len: int = 2048              # context limit in tokens; a longer episode ends there
+    # behaviour cloning, Eq. (1) -> pi_ref
+    sft_tasks: int = 3553            # train tasks whose expert trajectories form D_expert
+    sft_epochs: float = 1.5          # passes over D_expert (paper: 3)
+    sft_batch: int = 4               # trajectories per optimizer step (paper: 32)
+    sft_lr: float = 3e-3             # peak learning rate (paper: 1e-5 on a pre-trained model)
+    sft_warmup: float = 0.03         # warmup fraction (paper: 0.1)
+    sft_hold: float = 0.6            # hold the peak lr until this fraction, then cosine (paper: 0)
+    sft_floor: float = 0.1           # final lr as a fraction of the peak (paper: 0)
+    # stage 1: exploration with pi_ref (§3.3)
+    explore_tasks: int = 384         # train tasks pi_ref explores for pairs (0 = all; paper: all)
+    mc_rollouts: int = 4             # M, pi_ref rollouts per Monte-Carlo estimate, Eq. (2) (paper: 5)
+    step_branches: int = 2           # expert steps per trajectory that get an alternative action (0 = all)
+    group_branches: int = 2          # expert groups per trajectory that get losing groups (0 = all)
+    n_neg: int = 2                   # losing groups wanted per expert group (paper code: 3)
+    neg_tries: int = 2               # samples drawn per wanted losing group (paper code: up to 10)
+    traj_threshold: float = 0.01     # trajectory pair iff |R_w - R_l| > this (ETO/HPL code)
+    step_threshold: float = 0.3      # step pair iff MC value gap > this and final rewards agree (HPL code)
+    group_threshold: float = 0.3     # group pair iff r(G_w) - r(G_l) > this (HPL code)
+    group_min_win: float = 0.8       # ... and r(G_w) >= this (HPL code)
+    temperature: float = 1.0         # sampling temperature of MC rollouts and losing groups (HPL code)
+    rollout_batch: int = 64          # episodes decoded together in one forward pass
+    max_new_tokens: int = 0          # tokens per agent turn; 0 = env default
+    # preference optimization, Eqs. (3)-(5), (8)
+    beta: float = 0.3                # DPO temperature beta (Table 4)
+    lr: float = 3e-4                 # peak learning rate (paper: 3e-6 ALFWorld, 1e-6 WebShop/SQL)
+    batch: int = 8                   # pairs per level per step, and expert trajectories for L_BC (paper: 32)
+    epochs: float = 1.0              # passes over each phase's group pairs (Table 4: 1)
+    warmup: float = 0.1              # warmup fraction of each phase's cosine schedule (Table 4)
+    bc_norm: str = "token"           # L_BC normalisation: token (mean NLL per token) | sum (IPR: summed NLL)
+    grad_clip: float = 1.0           # max gradient norm
+    length_thresholds: str = ""      # curriculum L thresholds (Table 4); "" = ALFWorld 0,3,6, WebShop/SQL 0,2,4
+    gap_thresholds: str = "1.0,0.7,0.4"  # curriculum dR thresholds (Table 4)
+    fixed_n: int = 3                 # N of the fixed_n segmenter (§4.1)
+    fixed_k: int = 3                 # K of the fixed_k segmenter (§4.1)
+    entropy_percentile: float = 80   # uncertainty segmenter threshold percentile (§4.1)
+    # evaluation (§4)
+    eval_tasks: int = 0              # tasks per evaluation split (0 = all: ALFWorld 140 + 134, others 200)
+
+
+PRESETS = {
+    "cpu": {},                                                  # the defaults above: ~10 min on 2 CPU cores
+    "paper": dict(scene="full", instruction="full", sft_tasks=3553, sft_epochs=3, sft_batch=32, sft_lr=1e-5,
+                  sft_warmup=0.1, sft_hold=0.0, sft_floor=0.0, explore_tasks=0, mc_rollouts=5, step_branches=0,
+                  group_branches=0, n_neg=3, neg_tries=4, batch=32, lr=0.0, max_len=6000, rollout_batch=128),
+    "smoke": dict(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                  intermediate_size=128, max_len=1024, sft_tasks=96, sft_epochs=1.0, sft_batch=8,
+                  explore_tasks=6, mc_rollouts=2, step_branches=1, group_branches=1, n_neg=1, neg_tries=1,
+                  batch=4, eval_tasks=6, max_steps=8, max_new_tokens=40),
+}
+PAPER_LR = {"alfworld": 3e-6, "webshop": 1e-6, "intercode_sql": 1e-6}      # Table 4
+LENGTH_THRESHOLDS = {"alfworld": (0, 3, 6), "webshop": (0, 2, 4), "intercode_sql": (0, 2, 4)}   # Table 4
+SHORT_INSTRUCTIONS = {   # the one-line system prompt of the tiny model (a documented difference)
+    "alfworld": "Interact with a household to solve a task.",
+    "webshop": "You are web shopping.",
+    "intercode_sql": "Answer the question by querying a MySQL database, then submit.",
+}
+SYSTEM_MESSAGE = "You are a helpful assistant."   # fixed and explicit, so Qwen2.5 inserts no default one
+METHODS = ("sft", "rft", "eto", "ipr", "hpl")
+
+
+class UserError(Exception):
+    """A mistake in how the script was called: reported in one line, without a traceback."""
+
+
+def parse_config(argv=None) -> Config:
+    """Config from the command line: preset values first, then the flags given explicitly."""
+    parser = argparse.ArgumentParser(description="HPL: hierarchical preference learning (arXiv 2510.03253)")
+    parser.error = lambda msg: (_ for _ in ()).throw(UserError(msg))   # one clear line instead of usage
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            parser.add_argument(flag, action="store_true", default=None)
+        else:
+            parser.add_argument(flag, type={"int": int, "float": float}.get(f.type, str), default=None)
+    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    preset = given.get("preset", Config.preset)
+    if preset not in PRESETS:
+        raise UserError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    cfg = Config(**{**PRESETS[preset], **given})
+    checks = [("env", ("alfworld", "webshop", "intercode_sql")), ("method", METHODS),
+              ("segmentation", ("fixed_n", "fixed_k", "uncertainty", "semantic")),
+              ("curriculum", ("dual", "static", "length", "difficulty")), ("scene", ("small", "full")),
+              ("instruction", ("short", "full")), ("bc_norm", ("token", "sum"))]
+    for name, allowed in checks:
+        if getattr(cfg, name) not in allowed:
+            raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                            f"not {getattr(cfg, name)!r}")
+    return cfg
+
+
+def seed_everything(seed: int) -> None:
+    """The one place where the global generators are seeded (each stage re-seeds from cfg.seed + a stage id)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def write_json(path: str, obj) -> None:
+    """Atomic write: a temp file renamed into place, so an interrupted run never leaves half a file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def write_jsonl(path: str, rows) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: str) -> list:
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. Model, tokenizer and chat format (§4.1, App. D.2): the embedded tiny Qwen2, or any causal LM
+# ---------------------------------------------------------------------------------------------------------
+# Qwen2's pre-tokenizer split pattern. Training the tiny BPE with it means every loader (AutoTokenizer rebuilds
+# a qwen2 model's tokenizer with this pattern) yields the same ids.
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+CHATML_TEMPLATE = ("{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content']"
+                   " + '<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}"
+                   "{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+
+
+def train_tiny_tokenizer(texts, vocab_size: int):
+    """A byte-level BPE trained in-process on the env's text, wrapped with Qwen's ChatML special tokens."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                  special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(texts, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+def build_tiny_model(cfg: Config, vocab_size: int):
+    """transformers' real Qwen2ForCausalLM architecture, small and randomly initialised."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    qcfg = Qwen2Config(vocab_size=vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+                       num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+                       intermediate_size=cfg.intermediate_size, max_position_embeddings=cfg.max_len,
+                       tie_word_embeddings=True, bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    return Qwen2ForCausalLM(qcfg)
+
+
+def load_pretrained(path: str, device: str):
+    """Any causal LM saved with save_pretrained (the tiny model too) or a hub id, with an explicit dtype."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load model {path!r}: {first}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if not tok.chat_template:
+        raise UserError(f"model {path!r} has no chat template; HPL renders ReAct conversations with one")
+    return model.to(device), tok
+
+
+def end_of_turn_ids(tok) -> list[int]:
+    """Token ids that end an assistant turn: the special token the chat template puts after the content."""
+    probe = tok.apply_chat_template([{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+                                     {"role": "assistant", "content": "\x00"}], tokenize=False)
+    after = probe.split("\x00", 1)[1]
+    ids = [tok.convert_tokens_to_ids(t) for t in tok.all_special_tokens if after.startswith(t)]
+    return sorted(set(ids + ([tok.eos_token_id] if tok.eos_token_id is not None else [])))
+
+
+def prompt_messages(env, first_obs: str, cfg: Config) -> list[dict]:
+    """The conversation before the agent's first turn, in ETO/IPR's format (App. I)."""
+    if cfg.instruction == "short":
+        return [{"role": "system", "content": SHORT_INSTRUCTIONS[cfg.env]},
+                {"role": "user", "content": first_obs}]
+    return [{"role": "system", "content": SYSTEM_MESSAGE}, {"role": "user", "content": env.instruction},
+            {"role": "assistant", "content": "OK"}, {"role": "user", "content": first_obs}]
+
+
+def render_chat(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """Tokenize a conversation with the tokenizer's chat template -> (input_ids, assistant_mask).
+
+    The mask is 1 on every assistant turn's content and the end-of-turn token that follows it (`<|im_end|>`),
+    and 0 on system/user/observation text and role headers (ETO/IPR's masking; TRL would score everything
+    after the prompt). Contents are located by rendering the template around placeholders, so the mask is
+    exact for any template that inserts message contents verbatim (ChatML, Qwen2.5's own template).
+    """
+    marks = [f"\x00{k}\x00" for k in range(len(messages))]
+    skeleton = tokenizer.apply_chat_template([{"role": m["role"], "content": mk} for m, mk in zip(messages, marks)],
+                                             tokenize=False)
+    text, spans, rest = "", [], skeleton
+    specials = sorted(tokenizer.all_special_tokens, key=len, reverse=True)
+    for m, mk in zip(messages, marks):
+        before, rest = rest.split(mk, 1)
+        text += before
+        start = len(text)
+        text += m["content"]
+        if m["role"] == "assistant":
+            eot = next((t for t in specials if rest.startswith(t)), "")
+            spans.append((start, len(text) + len(eot)))
+    text += rest
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask, k = [], 0
+    for a, b in enc["offset_mapping"]:
+        while k < len(spans) and a >= spans[k][1]:
+            k += 1
+        mask.append(int(k < len(spans) and spans[k][0] <= a < spans[k][1] and b > a))
+    return enc["input_ids"], mask
+
+
+def render_pair_side(tokenizer, prompt: list[dict], completion: list[dict]) -> tuple[list[int], list[int]]:
+    """prompt + completion, with the mask kept only on the completion's assistant turns."""
+    ids, mask = render_chat(tokenizer, prompt + completion)
+    n_prompt = len(render_chat(tokenizer, prompt)[0])
+    return ids, [0] * n_prompt + mask[n_prompt:]
+
+
+def pad_batch(seqs: list[list[int]], pad: int = 0) -> torch.Tensor:
+    """Right-pad integer lists into a [B, T] tensor."""
+    width = max(len(s) for s in seqs)
+    return torch.tensor([s + [pad] * (width - len(s)) for s in seqs], dtype=torch.long)
+
+
+def forward_logps(model, batch_ids: list[list[int]], batch_masks: list[list[int]], device) -> torch.Tensor:
+    """Summed log-prob of each sequence's masked tokens under `model` -> Tensor[B]."""
+    ids = pad_batch(batch_ids).to(device)
+    attn = pad_batch([[1] * len(s) for s in batch_ids]).to(device)
+    mask = pad_batch(batch_masks).to(device)
+    logits = model(input_ids=ids, attention_mask=attn).logits
+    return sequence_logps(logits, ids, mask)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. Log-probabilities and the DPO loss shared by the three levels (Eqs. 3, 4, 5)
+# ---------------------------------------------------------------------------------------------------------
+def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum of log pi(y_t | y_<t) over the masked (assistant) tokens of each sequence.
+
+    Args:
+        logits: Tensor[B, T, V], the model's output for input_ids.
+        input_ids: Tensor[B, T].
+        mask: Tensor[B, T], 1 where the token at that position is scored (the agent's own tokens).
+    Returns:
+        Tensor[B]: per-sequence sum of log-probs (not length-normalised, as DPO, ETO and IPR).
+    """
+    labels, keep = input_ids[:, 1:], mask[:, 1:].bool()      # token t is predicted by the logits at t-1
+    rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)[keep]
+    scored = logits[:, :-1][keep].float()                     # only masked positions: no grad elsewhere
+    token_logps = scored.log_softmax(-1).gather(-1, labels[keep][:, None]).squeeze(-1)
+    return torch.zeros(labels.shape[0], device=logits.device).index_add(0, rows, token_logps)
+
+
+# Eqs. (3)-(5) share one form; only what is compared changes (whole trajectories, suffixes after a step,
+# or action groups G_w vs G_l after the same context c):
+#   L = -log sigma( beta * [ (log pi_theta(w) - log pi_ref(w)) - (log pi_theta(l) - log pi_ref(l)) ] )
+def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+             reference_chosen_logps: torch.Tensor, reference_rejected_logps: torch.Tensor,
+             beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The DPO loss of Eqs. (3), (4) and (5) for a batch of pairs.
+
+    Args:
+        policy_chosen_logps: log pi_theta of the winning side (tau_w, tau^w_{t:n} or G_w). Shape: (B,)
+        policy_rejected_logps: log pi_theta of the losing side. Shape: (B,)
+        reference_chosen_logps: log pi_ref of the winning side. Shape: (B,)
+        reference_rejected_logps: log pi_ref of the losing side. Shape: (B,)
+        beta: the DPO temperature (0.3 in Table 4).
+    Returns:
+        losses (B,), chosen_rewards (B,), rejected_rewards (B,); the implicit rewards
+        beta * (log pi_theta - log pi_ref) are detached, as in TRL and the DPO reference code.
+    """
+    pi_logratios = policy_chosen_logps - policy_rejected_logps
+    ref_logratios = reference_chosen_logps - reference_rejected_logps
+    losses = -F.logsigmoid(beta * (pi_logratios - ref_logratios))                   # Eqs. (3), (4), (5)
+    chosen_rewards = beta * (policy_chosen_logps - reference_chosen_logps).detach()
+    rejected_rewards = beta * (policy_rejected_logps - reference_rejected_logps).detach()
+    return losses, chosen_rewards, rejected_rewards
+
+
+# Eq. (8): L_final^(s) = L_BC + L_traj-DPO + L_step-DPO + L_group-DPO^(s), an unweighted sum.
+def hpl_loss(bc_loss: torch.Tensor, dpo_losses: dict) -> torch.Tensor:
+    """Eq. (8). `dpo_losses` maps each level present ("traj", "step", "group") to its batch-mean DPO loss."""
+    return bc_loss + sum(dpo_losses.values())                                         # Eq. (8)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. Behaviour cloning, Eq. (1) (§3.2): pi_ref = the SFT agent on D_expert
+# ---------------------------------------------------------------------------------------------------------
+def expert_episode(env, task: int, cfg: Config) -> dict:
+    """Play the scripted expert on one task; returns the conversation (ending on the last agent turn)."""
+    moves = env.expert(task)
+    first = env.reset(task)
+    messages = prompt_messages(env, first, cfg)
+    n_prompt = len(messages)
+    for k, (thought, action, _) in enumerate(moves):
+        turn = env.assistant_turn(thought, action)
+        obs, _, done, _ = env.act(turn)
+        messages.append({"role": "assistant", "content": turn})
+        if k < len(moves) - 1:
+            messages.append({"role": "user", "content": obs})
+    return {"task": task, "messages": messages, "n_prompt": n_prompt, "reward": env.reward, "won": env.won,
+            "subgoals": [m[2] for m in moves], "actions": [m[1] for m in moves]}
+
+
+def lr_factor(step: int, total: int, warmup: float, hold: float = 0.0, floor: float = 0.0) -> float:
+    """Linear warmup, optional hold at the peak, then cosine decay to `floor` (x peak)."""
+    w, h = max(1, int(warmup * total)), int(hold * total)
+    if step < w:
+        return (step + 1) / w
+    if step < max(w, h):
+        return 1.0
+    progress = (step - max(w, h)) / max(1, total - max(w, h))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def bc_loss_fn(model, batch: list[tuple[list[int], list[int]]], device, norm: str) -> tuple[torch.Tensor, int]:
+    """Eq. (1): negative log-likelihood of the expert's turns given everything before them.
+
+    norm="token": mean over the batch's agent tokens (the usual SFT normalisation, TRL's `sft` loss);
+    norm="sum": summed per trajectory, averaged over trajectories (Eq. (1) literally; IPR's NLL term)."""
+    ids = pad_batch([b[0] for b in batch]).to(device)
+    attn = pad_batch([[1] * len(b[0]) for b in batch]).to(device)
+    mask = pad_batch([b[1] for b in batch]).to(device)
+    logits = model(input_ids=ids, attention_mask=attn).logits
+    logps = sequence_logps(logits, ids, mask)                                         # sum_t log pi(a*_t|...)
+    n_tokens = int(mask[:, 1:].sum())
+    loss = -logps.sum() / max(1, n_tokens) if norm == "token" else -logps.mean()      # Eq. (1)
+    return loss, int(attn.sum())
+
+
+def sft(model, tok, demos: list[dict], cfg: Config, device) -> dict:
+    """Behaviour cloning (Eq. 1) on D_expert; returns throughput figures."""
+    data = [render_chat(tok, d["messages"]) for d in demos]
+    steps = max(1, int(cfg.sft_epochs * len(data) / cfg.sft_batch))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0, betas=(0.9, 0.95))
+    order, rng = [], random.Random(cfg.seed)
+    model.train()
+    t0, n_tok, loss_ema = time.time(), 0, None
+    for step in range(steps):
+        if len(order) < cfg.sft_batch:
+            order += rng.sample(range(len(data)), len(data))
+        batch, order = [data[i] for i in order[:cfg.sft_batch]], order[cfg.sft_batch:]
+        for g in opt.param_groups:
+            g["lr"] = cfg.sft_lr * lr_factor(step, steps, cfg.sft_warmup, cfg.sft_hold, cfg.sft_floor)
+        loss, n = bc_loss_fn(model, batch, device, "token")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        n_tok += n
+        loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
+        if step % max(1, steps // 10) == 0 or step == steps - 1:
+            log(f"step {step + 1}/{steps} | sft | loss {loss_ema:.4f} | lr {opt.param_groups[0]['lr']:.2e} | "
+                f"{n_tok / (time.time() - t0):.0f} tok/s")
+    model.eval()
+    return {"sft_steps": steps, "sft_tokens": n_tok, "sft_tokens_per_s": n_tok / (time.time() - t0)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 4. The rollout engine: many episodes in one forward pass, the KV cache reused across turns
+# ---------------------------------------------------------------------------------------------------------
+# Everything in stage 1 is a rollout of pi_ref from some prefix: trajectory exploration (greedy, from the
+# start), step alternatives (greedy, after an expert prefix), losing groups (sampled, L turns after an expert
+# prefix), the Monte-Carlo estimates of Eq. (2) (sampled, to the end) and evaluation (greedy).
+@dataclass(frozen=True)
+class Job:
+    task: int                      # env task index
+    prefix: tuple = ()             # agent turns replayed before generating (e.g. an expert prefix)
+    turns: int = 0                 # agent turns to generate; 0 = until the episode ends
+    temperature: float = 0.0       # 0 = greedy
+
+
+class Rollouts:
+    """Batched, KV-cached decoding of agent turns interleaved with environment steps.
+
+    Rows are right-padded and padding stays in the cache as masked slots, so every row keeps its own
+    positions (RoPE position ids are counted over real tokens). Jobs that share a prompt (M Monte-Carlo
+    rollouts from one state) share one prefill. Finished rows are dropped from the cache between turns.
+    """
+
+    def __init__(self, model, tok, env, cfg: Config, device):
+        self.model, self.tok, self.env, self.cfg, self.device = model, tok, env, cfg, device
+        self.eot = torch.tensor(end_of_turn_ids(tok), device=device)
+        self.pad = tok.pad_token_id
+        self.stats = {"episodes": 0, "env_steps": 0, "gen_tokens": 0, "prefill_tokens": 0}
+
+    def run(self, jobs: list[Job], seed: int) -> list[dict]:
+        """Run every job; returns one result per job (same order)."""
+        order = sorted(range(len(jobs)), key=lambda j: (len(jobs[j].prefix), jobs[j].task))
+        results = [None] * len(jobs)
+        gen = torch.Generator().manual_seed(seed)
+        for start in range(0, len(order), self.cfg.rollout_batch):
+            chunk = order[start:start + self.cfg.rollout_batch]
+            for j, res in zip(chunk, self._run_batch([jobs[j] for j in chunk], gen)):
+                results[j] = res
+        return results
+
+    def _start(self, job: Job) -> dict:
+        env = self.env.clone()
+        messages = prompt_messages(env, env.reset(job.task), self.cfg)
+        for turn in job.prefix:
+            obs, _, _, _ = env.act(turn)
+            messages += [{"role": "assistant", "content": turn}, {"role": "user", "content": obs}]
+        return {"job": job, "env": env, "messages": messages, "n_start": len(messages), "turns": 0}
+
+    def _finish(self, row: dict) -> dict:
+        env, msgs = row["env"], row["messages"]
+        if msgs[-1]["role"] == "user" and len(msgs) > row["n_start"]:
+            msgs = msgs[:-1]                  # pairs end on an agent turn; the last observation is dropped
+        self.stats["episodes"] += 1
+        return {"task": row["job"].task, "messages": msgs, "n_start": row["n_start"], "done": env.done,
+                "reward": env.reward if env.done else 0.0, "won": env.won, "turns": row["turns"],
+                "env": env}
+
+    def _forward(self, cache, attn, n_real, block: list[list[int]]):
+        """Append a right-padded block of new tokens to every row; returns logits at each row's last token."""
+        lens = torch.tensor([len(b) for b in block], device=self.device)
+        ids = pad_batch(block, self.pad).to(self.device)
+        new_mask = (torch.arange(ids.shape[1], device=self.device)[None] < lens[:, None]).long()
+        pos = (n_real[:, None] + new_mask.cumsum(1) - 1).clamp(min=0)
+        attn = torch.cat([attn, new_mask], 1)
+        out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
+                         use_cache=True)
+        last = out.logits[torch.arange(len(block)), (lens - 1).clamp(min=0)].float()
+        return out.past_key_values, attn, n_real + lens, last
+
+    @torch.no_grad()
+    def _run_batch(self, jobs: list[Job], gen: torch.Generator) -> list[dict]:
+        from transformers import DynamicCache
+        rows = [self._start(job) for job in jobs]
+        done = [self._finish(r) if r["env"].done else None for r in rows]
+        live = [i for i, r in enumerate(rows) if done[i] is None]
+        # prefill: one pass over the distinct prompts, then each row takes its prompt's cache
+        texts = [self.tok.apply_chat_template(rows[i]["messages"], tokenize=False, add_generation_prompt=True)
+                 for i in live]
+        uniq = sorted(set(texts), key=texts.index)
+        for i, t in zip(live, texts):
+            rows[i]["fed"] = t
+        if not live:
+            return done
+        ids = self.tok(uniq, add_special_tokens=False)["input_ids"]
+        self.stats["prefill_tokens"] += sum(map(len, ids))
+        cache = DynamicCache()
+        attn = torch.zeros(len(uniq), 0, dtype=torch.long, device=self.device)
+        cache, attn, n_real, logits = self._forward(cache, attn, torch.zeros(len(uniq), dtype=torch.long,
+                                                                              device=self.device), ids)
+        pick = torch.tensor([uniq.index(t) for t in texts], device=self.device)
+        cache.batch_select_indices(pick)
+        attn, n_real, logits = attn[pick], n_real[pick], logits[pick]
+        max_new = self.cfg.max_new_tokens or self.env_max_new_tokens()
+        while live:
+            temps = torch.tensor([rows[i]["job"].temperature for i in live], device=self.device)
+            tokens, cache, attn, n_real = self._generate_turn(cache, attn, n_real, logits, temps, max_new, gen)
+            keep, block = [], []
+            for b, i in enumerate(live):
+                row = rows[i]
+                content = self.tok.decode(tokens[b], skip_special_tokens=False)
+                obs, _, ended, _ = row["env"].act(content)
+                row["messages"] += [{"role": "assistant", "content": content}, {"role": "user", "content": obs}]
+                row["turns"] += 1
+                row["fed"] += content
+                self.stats["env_steps"] += 1
+                self.stats["gen_tokens"] += len(tokens[b])
+                job = row["job"]
+                if ended or (job.turns and row["turns"] >= job.turns) or int(n_real[b]) >= self.cfg.max_len - 200:
+                    done[i] = self._finish(row)
+                    continue
+                text = self.tok.apply_chat_template(row["messages"], tokenize=False, add_generation_prompt=True)
+                if not text.startswith(row["fed"]):
+                    raise RuntimeError("the chat template re-renders earlier turns differently; "
+                                       "the rollout engine needs a prefix-stable template")
+                block.append(self.tok(text[len(row["fed"]):], add_special_tokens=False)["input_ids"])
+                row["fed"] = text
+                keep.append(b)
+            live = [live[b] for b in keep]
+            if not live:
+                break
+            sel = torch.tensor(keep, device=self.device)
+            cache.batch_select_indices(sel)
+            attn, n_real = attn[sel], n_real[sel]
+            self.stats["prefill_tokens"] += sum(map(len, block))
+            cache, attn, n_real, logits = self._forward(cache, attn, n_real, block)
+        return done
+
+    def _generate_turn(self, cache, attn, n_real, logits, temps, max_new: int, gen: torch.Generator):
+        """Decode one agent turn for every row, until each emits an end-of-turn token or max_new tokens."""
+        B = logits.shape[0]
+        out = [[] for _ in range(B)]
+        running = torch.ones(B, dtype=torch.bool, device=self.device)
+        for _ in range(max_new):
+            nxt = self._pick(logits, temps, gen)
+            stop = torch.isin(nxt, self.eot)
+            running = running & ~stop
+            for b in running.nonzero().flatten().tolist():
+                out[b].append(int(nxt[b]))
+            if not running.any():
+                break
+            block = [[int(nxt[b])] if running[b] else [] for b in range(B)]
+            cache, attn, n_real, new_logits = self._forward(cache, attn, n_real, block)
+            logits = torch.where(running[:, None], new_logits, logits)
+        return out, cache, attn, n_real
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, temps: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Greedy where temperature is 0, else a sample from softmax(logits / T)."""
+        greedy = logits.argmax(-1)
+        if not (temps > 0).any():
+            return greedy
+        probs = torch.softmax(logits / temps.clamp(min=1e-4)[:, None], -1)
+        sampled = torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
+        return torch.where(temps > 0, sampled, greedy)
+
+    def env_max_new_tokens(self) -> int:
+        return {"alfworld": 96, "webshop": 128, "intercode_sql": 160}.get(self.cfg.env, 128)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 5. Stage 1a: trajectory- and step-level preference data (§3.3.1), scored by Eqs. (3) and (4)
+# ---------------------------------------------------------------------------------------------------------
+def agent_turns(episode: dict, start: int = None) -> list[dict]:
+    """The conversation from message `start` (default: the first generated turn) to the end."""
+    return episode["messages"][episode["n_start"] if start is None else start:]
+
+
+def pair_record(level: str, task: int, prompt, chosen, rejected, **meta) -> dict:
+    """One preference pair in TRL's conversational format, plus HPL's metadata."""
+    return {"level": level, "task": task, "prompt": prompt, "chosen": chosen, "rejected": rejected, **meta}
+
+
+def trajectory_pairs(demos: list[dict], explored: list[dict], cfg: Config) -> list[dict]:
+    """§3.3.1 / ETO: pair each expert trajectory with pi_ref's greedy one when the final rewards differ."""
+    pairs = []
+    for demo, ep in zip(demos, explored):
+        r_w, r_l = demo["reward"], ep["reward"]
+        if abs(r_w - r_l) <= cfg.traj_threshold:
+            continue
+        prompt = demo["messages"][:demo["n_prompt"]]
+        expert, agent = demo["messages"][demo["n_prompt"]:], agent_turns(ep)
+        chosen, rejected = (expert, agent) if r_w > r_l else (agent, expert)
+        pairs.append(pair_record("traj", demo["task"], prompt, chosen, rejected, dR=abs(r_w - r_l)))
+    return pairs
+
+
+# Eq. (2): r_hat(G_i) = (1/M) * sum_j R(tau_i^(j)), tau_i^(j) ~ pi_ref rolled out after G_i.
+def mc_estimate(final_rewards: list[float]) -> float:
+    """Eq. (2): the Monte-Carlo value of a state is the mean final reward of the rollouts from it."""
+    return sum(final_rewards) / len(final_rewards)                                   # Eq. (2)
+
+
+def mc_values(engine: Rollouts, states: list[tuple[int, tuple]], cfg: Config, seed: int) -> list[float]:
+    """Eq. (2) for many states at once: M sampled pi_ref rollouts from each (task, agent-turn prefix)."""
+    jobs = [Job(task, prefix, 0, cfg.temperature) for task, prefix in states for _ in range(cfg.mc_rollouts)]
+    res = engine.run(jobs, seed)
+    M = cfg.mc_rollouts
+    return [mc_estimate([r["reward"] for r in res[k * M:(k + 1) * M]]) for k in range(len(states))]
+
+
+def expert_prefix(demo: dict, t: int) -> tuple:
+    """The expert's first t agent turns (the text the agent would have written)."""
+    return tuple(m["content"] for m in demo["messages"][demo["n_prompt"]::2][:t])
+
+
+def step_pairs(engine: Rollouts, demos: list[dict], cfg: Config, seed: int) -> list[dict]:
+    """§3.3.1 / IPR: at expert step t, pi_ref proposes a_t (greedy) and completes the episode (greedy).
+    MC values (Eq. 2) of the states after the expert's a*_t and after a_t decide the pair (Eq. 4 compares the
+    whole continuations tau^w_{t:n} vs tau^l_{t:m})."""
+    rng = random.Random(seed)
+    branch = []
+    for d, demo in enumerate(demos):
+        steps = list(range(1, len(demo["actions"])))                 # step 0 is skipped, as in IPR/HPL code
+        if cfg.step_branches:
+            steps = sorted(rng.sample(steps, min(cfg.step_branches, len(steps))))
+        branch += [(d, t) for t in steps]
+    alt = engine.run([Job(demos[d]["task"], expert_prefix(demos[d], t), 0, 0.0) for d, t in branch], seed)
+    keep = [k for k, ((d, t), ep) in enumerate(zip(branch, alt))
+            if agent_turns(ep)[0]["content"] != demos[d]["messages"][demos[d]["n_prompt"] + 2 * t]["content"]]
+    states = []
+    for k in keep:                                               # value after a*_t and after a_t
+        d, t = branch[k]
+        states += [(demos[d]["task"], expert_prefix(demos[d], t + 1)),
+                   (demos[d]["task"], expert_prefix(demos[d], t) + (agent_turns(alt[k])[0]["content"],))]
+    values = mc_values(engine, states, cfg, seed + 1)
+    pairs = []
+    for n, k in enumerate(keep):
+        d, t = branch[k]
+        demo, ep = demos[d], alt[k]
+        v_exp, v_agent = values[2 * n], values[2 * n + 1]
+        cut = demo["n_prompt"] + 2 * t
+        prompt, expert, agent = demo["messages"][:cut], demo["messages"][cut:], agent_turns(ep)
+        if demo["reward"] > ep["reward"] + cfg.traj_threshold and v_exp > v_agent + cfg.step_threshold:
+            pairs.append(pair_record("step", demo["task"], prompt, expert, agent, t=t, dR=v_exp - v_agent))
+        elif ep["reward"] > demo["reward"] + cfg.traj_threshold and v_agent > v_exp + cfg.step_threshold:
+            pairs.append(pair_record("step", demo["task"], prompt, agent, expert, t=t, dR=v_agent - v_exp))
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 6. Action-group segmentation f(.) (§3.3.2): four strategies
+# ---------------------------------------------------------------------------------------------------------
+def groups_from_starts(starts: list[int], n: int) -> list[tuple[int, int]]:
+    """Turn group start indices into contiguous (start, end) pairs covering range(n), end exclusive."""
+    starts = sorted(set([0] + [s for s in starts if 0 < s < n]))
+    return [(s, e) for s, e in zip(starts, starts[1:] + [n])]
+
+
+def segment(trajectory: list[str], strategy: str, **kw) -> list[tuple[int, int]]:
+    """Split a trajectory of n actions into contiguous, non-overlapping groups covering all of them.
+
+    fixed_n:     N groups of ceil(n/N) actions (the paper's code; a short trajectory gets fewer groups).
+    fixed_k:     groups of K consecutive actions, the last one possibly shorter.
+    uncertainty: a step whose pi_ref entropy exceeds the threshold starts a new group (the paper's text:
+                 "a boundary is inserted after a_{t-1} if the entropy at step t exceeds epsilon");
+                 kw: entropies (one per action), threshold.
+    semantic:    sub-task boundaries: from a segmenter model's answer to App. I's prompt (kw: groups), checked
+                 to be contiguous and covering; else the rule-based segmenter (kw: env).
+    """
+    n = len(trajectory)
+    if n == 0:
+        return []
+    if strategy == "fixed_n":
+        size = math.ceil(n / kw.get("N", 3))
+        return groups_from_starts(list(range(0, n, size)), n)
+    if strategy == "fixed_k":
+        return groups_from_starts(list(range(0, n, kw.get("K", 3))), n)
+    if strategy == "uncertainty":
+        ent, eps = kw["entropies"], kw["threshold"]
+        return groups_from_starts([t for t in range(1, n) if ent[t] > eps], n)
+    if strategy == "semantic":
+        proposed = kw.get("groups")
+        if proposed is not None and valid_groups(proposed, n):
+            return [tuple(g) for g in proposed]
+        return groups_from_starts(rule_based_starts(trajectory, kw.get("env", "alfworld")), n)
+    raise ValueError(f"unknown segmentation strategy {strategy!r}")
+
+
+def valid_groups(groups, n: int) -> bool:
+    """Contiguous, non-overlapping, non-empty groups covering 0..n-1 (end exclusive)."""
+    return bool(groups) and groups[0][0] == 0 and groups[-1][1] == n and all(
+        s < e for s, e in groups) and all(a[1] == b[0] for a, b in zip(groups, groups[1:]))
+
+
+# The rule-based stand-in for the GPT-4o segmenter: a group is a sub-task, which ends with the action that
+# completes it (ALFWorld: take / heat / cool / clean / use / put; App. I's example groups "go, go, take" and
+# "go, put"); WebShop and SQL change group when the kind of action changes (search / product / options / buy;
+# schema exploration / query / submit), as in App. I's examples.
+ALFWORLD_CLOSERS = ("take ", "put ", "heat ", "cool ", "clean ", "use ")
+
+
+def action_kind(env_name: str, action: str) -> str:
+    a = action.strip().lower()
+    if env_name == "webshop":
+        if a.startswith("search["):
+            return "search"
+        if a in ("click[buy now]",):
+            return "buy"
+        if a in ("click[description]", "click[features]", "click[reviews]", "click[< prev]"):
+            return "inspect"
+        if re.fullmatch(r"click\[b0[0-9a-z]{8}\]", a) or a in ("click[next >]", "click[back to search]"):
+            return "product"
+        return "options"
+    if a.startswith("submit"):
+        return "submit"
+    return "explore" if re.match(r"(show |desc |describe |use )", a) else "query"
+
+
+def rule_based_starts(actions: list[str], env_name: str) -> list[int]:
+    if env_name == "alfworld":
+        return [t + 1 for t, a in enumerate(actions) if a.startswith(ALFWORLD_CLOSERS)]
+    kinds = [action_kind(env_name, a) for a in actions]
+    return [t for t in range(1, len(kinds)) if kinds[t] != kinds[t - 1]]
+
+
+SEMANTIC_PROMPT = (   # App. I, the ALFWorld prompt (WebShop and SQL use the same instructions with JSON output)
+    "I need you to help me divide the trajectory of an agent's interaction with the environment into multiple "
+    "action groups based on semantic relevance.\nBelow is an interaction trajectory, which contains the "
+    "environment description received by the agent and the sequence of actions performed:\n{trajectory}\n"
+    "Please divide the action sequence in this trajectory into multiple semantically related groups, each group "
+    "represents a set of actions to complete a sub-goal or sub-task.\nPlease follow the following principles "
+    "when dividing:\n1. Actions in the same group should be semantically closely related and complete a clear "
+    "subtask together\n2. When the purpose of an action changes, it should be divided into a new group\n3. For "
+    "each group, briefly describe the common goal of the group of actions\nPlease use the following format to "
+    "return the results:\n<action_groups>\nGroup 1 (action index: 0-2): Find the target item\n- Action 0: go to "
+    "toiletpaperhanger 1\n- Action 1: go to toilet 1\n- Action 2: take toiletpaper 1 from toilet 1\nGroup 2 "
+    "(action index: 3-4): Complete the main task\n- Action 3: go to toiletpaperhanger 1\n- Action 4: put "
+    "toiletpaper 1 in/on toiletpaperhanger 1\n</action_groups>")
+
+
+def semantic_transcript(demo: dict) -> str:
+    """App. I's transcript: `Task: ...`, then `Interaction Sequence:` with actions and observations."""
+    msgs = demo["messages"][demo["n_prompt"]:]
+    lines = [f"Task: {demo['messages'][demo['n_prompt'] - 1]['content']}", "Interaction Sequence:"]
+    for k, a in enumerate(demo["actions"]):
+        lines.append(f"Action {k}: {a}")
+        if 2 * k + 1 < len(msgs):
+            lines.append(msgs[2 * k + 1]["content"])
+    return "\n".join(lines)
+
+
+def parse_semantic_groups(text: str, n: int):
+    """Read `Group k (action index: a-b)` lines, or a JSON list of [a, b] index pairs; None if unusable."""
+    spans = [(int(a), int(b or a)) for a, b in re.findall(r"action index:\s*(\d+)\s*(?:-\s*(\d+))?", text)]
+    if not spans:
+        found = re.search(r"\[\s*\[.*\]\s*\]", text, re.DOTALL)
+        try:
+            spans = [(int(g[0]), int(g[-1])) for g in json.loads(found.group(0))] if found else []
+        except (ValueError, TypeError, IndexError):
+            spans = []
+    groups = [(a, b + 1) for a, b in spans]
+    return groups if valid_groups(groups, n) else None
+
+
+def semantic_groups_from_model(path: str, demos: list[dict], device) -> list:
+    """Ask a local chat model (--segmenter-model) for App. I's segmentation of each expert trajectory."""
+    model, tok = load_pretrained(path, device)
+    answers = []
+    for demo in demos:
+        msgs = [{"role": "user", "content": SEMANTIC_PROMPT.format(trajectory=semantic_transcript(demo))}]
+        ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        with torch.no_grad():
+            out = model.generate(**{k: v.to(device) for k, v in ids.items()}, max_new_tokens=512, do_sample=False)
+        text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        answers.append(parse_semantic_groups(text, len(demo["actions"])))   # None -> rule-based fallback
+    return answers
+
+
+@torch.no_grad()
+def action_entropies(model, tok, demos: list[dict], device, batch: int = 16) -> list[list[float]]:
+    """pi_ref's mean token entropy over each expert step's action tokens (the text after 'Action:')."""
+    result = []
+    for k in range(0, len(demos), batch):
+        chunk = demos[k:k + batch]
+        rendered = [render_chat(tok, d["messages"]) for d in chunk]
+        ids = pad_batch([r[0] for r in rendered]).to(device)
+        attn = pad_batch([[1] * len(r[0]) for r in rendered]).to(device)
+        logp = model(input_ids=ids, attention_mask=attn).logits.float().log_softmax(-1)
+        ent = -(logp.exp() * logp).sum(-1)                      # entropy of the prediction at each position
+        for row, (d, (tokens, mask)) in enumerate(zip(chunk, rendered)):
+            text_ids = tokens
+            turns, cur = [], []
+            for pos in range(1, len(text_ids)):                 # token pos is predicted at pos-1
+                if mask[pos]:
+                    cur.append(pos)
+                elif cur:
+                    turns.append(cur)
+                    cur = []
+            if cur:
+                turns.append(cur)
+            turns = turns[-len(d["actions"]):]                  # the agent turns (skips a leading "OK")
+            values = []
+            for positions in turns:
+                decoded = [tok.decode(text_ids[p]) for p in positions]
+                upto, start = "", len(positions)
+                for j, piece in enumerate(decoded):             # first token after "Action:"
+                    upto += piece
+                    if "Action:" in upto:
+                        start = j + 1
+                        break
+                act = positions[start:-1] or positions[-1:]     # action tokens, without the end-of-turn
+                values.append(float(np.mean([float(ent[row, p - 1]) for p in act])))
+            result.append(values)
+    return result
+
+
+def boundary_agreement(groups_list: list, subgoals_list: list) -> dict:
+    """Precision/recall/F1 of a segmenter's group boundaries against the env's subgoal-label boundaries."""
+    tp = fp = fn = 0
+    for groups, subgoals in zip(groups_list, subgoals_list):
+        pred = {s for s, _ in groups if s > 0}
+        gold = {t for t in range(1, len(subgoals)) if subgoals[t] != subgoals[t - 1]}
+        tp, fp, fn = tp + len(pred & gold), fp + len(pred - gold), fn + len(gold - pred)
+    p, r = tp / max(1, tp + fp), tp / max(1, tp + fn)
+    return {"precision": p, "recall": r, "f1": 2 * p * r / max(1e-9, p + r)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 7. Stage 1b: group-level preference data (§3.3.3) with Monte-Carlo group rewards (Eq. 2), for Eq. (5)
+# ---------------------------------------------------------------------------------------------------------
+def group_pairs(engine: Rollouts, demos: list[dict], segmentations: list, cfg: Config, seed: int) -> tuple:
+    """For each chosen expert group G_w = turns [s, e) after context c = the expert's first s turns: sample
+    losing groups of the same length from pi_ref(.|c) (temperature 1, executed in the env, distinct from G_w and
+    from each other), estimate r(G_w) and r(G_l) by Eq. (2), keep (c, G_w, G_l) if r(G_w) >= 0.8 and
+    r(G_w) - r(G_l) > 0.3 (and the expert's final reward is not below the losing side's)."""
+    rng = random.Random(seed)
+    targets = []
+    for d, groups in enumerate(segmentations):
+        chosen = list(range(len(groups)))
+        if cfg.group_branches:
+            chosen = sorted(rng.sample(chosen, min(cfg.group_branches, len(chosen))))
+        targets += [(d, groups[g]) for g in chosen]
+    # sample losing groups: n_neg * neg_tries draws per expert group, executed for L = e - s turns
+    draws = cfg.n_neg * cfg.neg_tries
+    jobs = [Job(demos[d]["task"], expert_prefix(demos[d], s), e - s, cfg.temperature)
+            for d, (s, e) in targets for _ in range(draws)]
+    samples = engine.run(jobs, seed)
+    losers = []                                            # (target index, losing episode)
+    for k, (d, (s, e)) in enumerate(targets):
+        expert_actions = expert_prefix(demos[d], e)[s:]
+        seen = {expert_actions}
+        for ep in samples[k * draws:(k + 1) * draws]:
+            acts = tuple(m["content"] for m in agent_turns(ep)[::2])
+            if acts not in seen and sum(1 for x in losers if x[0] == k) < cfg.n_neg:
+                seen.add(acts)
+                losers.append((k, ep))
+    # Eq. (2) for every winning group (after the expert's turns s..e-1) and every losing group
+    win_states = [(demos[d]["task"], expert_prefix(demos[d], e)) for d, (s, e) in targets]
+    lose_states = [(ep["task"], expert_prefix(demos[targets[k][0]], targets[k][1][0])
+                    + tuple(m["content"] for m in agent_turns(ep)[::2])) for k, ep in losers]
+    lose_done = [ep["done"] for _, ep in losers]
+    values = mc_values(engine, win_states + [s for s, dn in zip(lose_states, lose_done) if not dn], cfg, seed + 1)
+    r_win, rest = values[:len(win_states)], iter(values[len(win_states):])
+    r_lose = [ep["reward"] if ep["done"] else next(rest) for _, ep in losers]
+    pairs, n_better = [], 0
+    for (k, ep), r_l in zip(losers, r_lose):
+        d, (s, e) = targets[k]
+        demo, r_w = demos[d], r_win[k]
+        if r_l > r_w:
+            n_better += 1                                    # the agent's group was better: counted, discarded
+        if r_w >= cfg.group_min_win and r_w - r_l > cfg.group_threshold and demo["reward"] >= r_l:
+            cut = demo["n_prompt"] + 2 * s
+            chosen = demo["messages"][cut:cut + 2 * (e - s) - 1]
+            rejected = agent_turns(ep)
+            pairs.append(pair_record("group", demo["task"], demo["messages"][:cut], chosen, rejected,
+                                     start=s, end=e, L=(len(rejected) + 1) // 2, dR=r_w - r_l))
+    stats = {"expert_groups": len(targets), "losing_groups": len(losers), "agent_better": n_better}
+    return pairs, stats
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 8. Dual-layer curriculum (§3.4, Eq. 9, Table 4)
+# ---------------------------------------------------------------------------------------------------------
+def bucket_of(L: int, dR: float, length_thresholds, gap_thresholds) -> tuple[int, int]:
+    """Table 4: length level 1..3 (short..long) and difficulty level 1..3 (easy = large dR .. hard)."""
+    _, l1, l2 = length_thresholds                  # e.g. (0, 3, 6): L <= 3 | 4..6 | > 6
+    _, d1, d2 = gap_thresholds                     # (1.0, 0.7, 0.4): dR >= 0.7 | 0.4..0.7 | < 0.4
+    length = 1 if L <= l1 else 2 if L <= l2 else 3
+    difficulty = 1 if dR >= d1 - 1e-9 else 2 if dR >= d2 - 1e-9 else 3
+    return length, difficulty
+
+
+# Eq. (9): D^(1) = B_11;  D^(2) = B_11 u B_12 u B_21;  D^(3) = all nine buckets.
+PHASES = {"dual": [{(1, 1)}, {(1, 1), (1, 2), (2, 1)}, None],
+          "length": [{(1, 1), (1, 2), (1, 3)}, {(l, d) for l in (1, 2) for d in (1, 2, 3)}, None],
+          "difficulty": [{(1, 1), (2, 1), (3, 1)}, {(l, d) for l in (1, 2, 3) for d in (1, 2)}, None],
+          "static": [None]}
+
+
+def curriculum(pairs: list[dict], length_thresholds, gap_thresholds, schedule: str = "dual") -> list[list[dict]]:
+    """Assign each group pair its bucket B_{L,D} and return the cumulative phases of Eq. (9)."""
+    for p in pairs:
+        p["bucket"] = "B%d%d" % bucket_of(p["L"], p["dR"], length_thresholds, gap_thresholds)
+    phases = []
+    for allowed in PHASES[schedule]:
+        phases.append([p for p in pairs if allowed is None or (int(p["bucket"][1]), int(p["bucket"][2])) in allowed])
+    return phases                                                                          # Eq. (9)
+
+
+def bucket_counts(pairs: list[dict]) -> dict:
+    return {f"B{l}{d}": sum(p.get("bucket") == f"B{l}{d}" for p in pairs) for l in (1, 2, 3) for d in (1, 2, 3)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 9. Preference optimization, Eq. (8): phase by phase, pi_ref fixed
+# ---------------------------------------------------------------------------------------------------------
+def tokenize_pairs(tok, pairs: list[dict]) -> list[dict]:
+    """Token ids and completion masks of both sides of each pair (prompt tokens are never scored)."""
+    out = []
+    for p in pairs:
+        cid, cm = render_pair_side(tok, p["prompt"], p["chosen"])
+        rid, rm = render_pair_side(tok, p["prompt"], p["rejected"])
+        out.append({**p, "chosen_ids": cid, "chosen_mask": cm, "rejected_ids": rid, "rejected_mask": rm})
+    return out
+
+
+@torch.no_grad()
+def reference_logps(model, pairs: list[dict], device, batch: int = 8) -> None:
+    """log pi_ref of every pair's two sides, computed once before training (pi_ref stays fixed)."""
+    for k in range(0, len(pairs), batch):
+        chunk = pairs[k:k + batch]
+        ids = [p["chosen_ids"] for p in chunk] + [p["rejected_ids"] for p in chunk]
+        masks = [p["chosen_mask"] for p in chunk] + [p["rejected_mask"] for p in chunk]
+        logps = forward_logps(model, ids, masks, device)
+        for p, c, r in zip(chunk, logps[:len(chunk)], logps[len(chunk):]):
+            p["ref_chosen"], p["ref_rejected"] = float(c), float(r)
+
+
+def level_loss(model, pairs: list[dict], cfg: Config, device) -> tuple[torch.Tensor, dict]:
+    """Batch-mean DPO loss of one level (one concatenated forward over [chosen; rejected])."""
+    ids = [p["chosen_ids"] for p in pairs] + [p["rejected_ids"] for p in pairs]
+    masks = [p["chosen_mask"] for p in pairs] + [p["rejected_mask"] for p in pairs]
+    logps = forward_logps(model, ids, masks, device)
+    ref_c = torch.tensor([p["ref_chosen"] for p in pairs], device=device)
+    ref_r = torch.tensor([p["ref_rejected"] for p in pairs], device=device)
+    losses, rc, rr = dpo_loss(logps[:len(pairs)], logps[len(pairs):], ref_c, ref_r, cfg.beta)
+    return losses.mean(), {"loss": losses.mean().item(), "chosen": rc.mean().item(), "rejected": rr.mean().item(),
+                           "margin": (rc - rr).mean().item(), "acc": (rc > rr).float().mean().item(),
+                           "tokens": sum(map(len, ids))}
+
+
+class Cycler:
+    """Endless shuffled batches from a list (one seeded order per pass)."""
+
+    def __init__(self, items: list, batch: int, seed: int):
+        self.items, self.batch, self.rng, self.queue = items, batch, random.Random(seed), []
+
+    def next(self) -> list:
+        while len(self.queue) < min(self.batch, len(self.items)):
+            self.queue += self.rng.sample(self.items, len(self.items))
+        out, self.queue = self.queue[:self.batch], self.queue[self.batch:]
+        return out
+
+
+def train(model, levels: dict, phases: list, bc_data: list, cfg: Config, device, log_path: str) -> dict:
+    """Optimise Eq. (8) phase by phase: each phase continues from the previous one's weights and has its own
+    warmup + cosine schedule over `epochs` passes of its group pairs (or of the largest level when there are
+    no group pairs); every step sums a batch of each level present and a batch of expert trajectories (L_BC)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr or PAPER_LR[cfg.env], weight_decay=0.0)
+    peak = opt.param_groups[0]["lr"]
+    fixed = {name: Cycler(p, cfg.batch, cfg.seed + i) for i, (name, p) in enumerate(levels.items()) if p}
+    bc = Cycler(bc_data, cfg.batch, cfg.seed + 7) if bc_data is not None else None
+    timings, rows = [], []
+    model.train()
+    for ph, group in enumerate(phases):
+        iters = dict(fixed)
+        if group:
+            iters["group"] = Cycler(group, cfg.batch, cfg.seed + 11 + ph)
+        size = max([len(group)] + [len(p) for p in levels.values()]) or len(bc_data or [])
+        steps = math.ceil(cfg.epochs * size / cfg.batch)
+        t0, n_tok = time.time(), 0
+        for step in range(steps):
+            for g in opt.param_groups:
+                g["lr"] = peak * lr_factor(step, steps, cfg.warmup)
+            losses, metrics = {}, {}
+            for name, it in iters.items():
+                losses[name], metrics[name] = level_loss(model, it.next(), cfg, device)
+                n_tok += metrics[name]["tokens"]
+            bc_loss = torch.zeros((), device=device)
+            if bc is not None:
+                bc_loss, n = bc_loss_fn(model, bc.next(), device, cfg.bc_norm)
+                n_tok += n
+            loss = hpl_loss(bc_loss, losses)                                              # Eq. (8)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"non-finite loss at phase {ph + 1} step {step + 1}: {loss.item()} "
+                                   f"(levels: { {k: v.item() for k, v in losses.items()} }); lower --lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            row = {"phase": ph + 1, "step": step + 1, "loss": loss.item(), "bc": bc_loss.item(),
+                   **{f"{k}/{m}": v[m] for k, v in metrics.items() for m in ("loss", "chosen", "rejected",
+                                                                                 "margin", "acc")}}
+            rows.append(row)
+            if step % max(1, steps // 5) == 0 or step == steps - 1:
+                parts = " | ".join(f"{k} {v['loss']:.3f} acc {v['acc']:.2f} margin {v['margin']:+.2f}"
+                                   for k, v in metrics.items())
+                log(f"step {step + 1}/{steps} | phase {ph + 1}/{len(phases)} | loss {loss.item():.4f} | "
+                    f"bc {bc_loss.item():.4f} | {parts}")
+        timings.append({"phase": ph + 1, "steps": steps, "seconds": time.time() - t0,
+                        "tokens_per_s": n_tok / max(1e-9, time.time() - t0)})
+    write_jsonl(log_path, rows)
+    model.eval()
+    return {"phases": timings}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 10. Evaluation (§4): greedy decoding on the held-out splits
+# ---------------------------------------------------------------------------------------------------------
+EVAL_SPLITS = {"alfworld": ("seen", "unseen"), "webshop": ("test",), "intercode_sql": ("test",)}
+
+
+def evaluate(model, tok, cfg: Config, device) -> dict:
+    """Greedy episodes on every evaluation split: success rate, average reward, per-task-type success."""
+    model.eval()
+    out = {}
+    for split in EVAL_SPLITS[cfg.env]:
+        env = make_env(cfg, split)
+        n = len(env) if not cfg.eval_tasks else min(cfg.eval_tasks, len(env))
+        engine = Rollouts(model, tok, env, cfg, device)
+        res = engine.run([Job(i) for i in range(n)], cfg.seed)
+        by_type = {}
+        for i, r in enumerate(res):
+            by_type.setdefault(env.task_type(i), []).append(r["won"])
+        out[split] = {"success": 100 * float(np.mean([r["won"] for r in res])),
+                      "reward": 100 * float(np.mean([r["reward"] for r in res])),
+                      "n": n, "avg_turns": float(np.mean([r["turns"] for r in res])),
+                      "by_type": {k: 100 * float(np.mean(v)) for k, v in sorted(by_type.items())},
+                      "env_steps": engine.stats["env_steps"], "gen_tokens": engine.stats["gen_tokens"]}
+    return out
+
+
+def make_env(cfg: Config, split: str):
+    kw = {"scene": cfg.scene} if cfg.env == "alfworld" else {}
+    return envs.make(cfg.env, split=split, seed=cfg.seed, max_steps=cfg.max_steps or None, **kw)
+
+
+def results_table(results: dict, env: str) -> str:
+    """The Table-1-style summary: one row per policy."""
+    head = ["policy"] + (["seen", "unseen"] if env == "alfworld" else ["reward", "success"])
+    lines = [" | ".join(f"{h:>14}" for h in head)]
+    for name, res in results.items():
+        if env == "alfworld":
+            vals = [res["seen"]["success"], res["unseen"]["success"]]
+        else:
+            vals = [res["test"]["reward"], res["test"]["success"]]
+        lines.append(" | ".join([f"{name:>14}"] + [f"{v:14.2f}" for v in vals]))
+    if env == "alfworld":
+        types = sorted(next(iter(results.values()))["unseen"]["by_type"])
+        lines.append("unseen by type: " + ", ".join(types))
+        for name, res in results.items():
+            lines.append(f"{name:>14}: " + " / ".join(f"{res['unseen']['by_type'].get(t, 0):.1f}" for t in types))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 11. The pipeline: stages, caching, baselines (SFT, RFT, ETO, IPR) and HPL
+# ---------------------------------------------------------------------------------------------------------
+class Stages:
+    """Times each stage and reuses a finished stage's artifact when the same command runs again."""
+
+    def __init__(self):
+        self.times = {}
+
+    def run(self, name: str, path: str, compute, load):
+        if os.path.exists(path):
+            log(f"[{name}] reusing {path}")
+            return load(path)
+        t0 = time.time()
+        result = compute(path)
+        self.times[name] = time.time() - t0
+        return result
+
+    def table(self) -> str:
+        rows = [f"{k:<28}{v:8.1f} s" for k, v in self.times.items()]
+        return "\n".join(rows + [f"{'total (this invocation)':<28}{sum(self.times.values()):8.1f} s"])
+
+
+def method_tag(cfg: Config) -> str:
+    if cfg.method in ("sft", "rft", "eto", "ipr"):
+        return cfg.method
+    off = "".join(f"-no_{k}" for k in ("traj", "step", "group") if getattr(cfg, f"no_{k}"))
+    return f"hpl-{cfg.segmentation}-{cfg.curriculum}{off}"
+
+
+# Which levels of Eq. (8) each method trains (all start from the same pi_ref and use the same pairs).
+METHOD_LEVELS = {"sft": (), "rft": (), "eto": ("traj",), "ipr": ("traj", "step"), "hpl": ("traj", "step", "group")}
+
+STAGE_FIELDS = ("env", "model", "seed", "scene", "max_steps", "instruction", "vocab_size", "hidden_size",
+                "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "max_len", "sft_tasks",
+                "sft_epochs", "sft_batch", "sft_lr", "sft_warmup", "sft_hold", "sft_floor", "explore_tasks",
+                "mc_rollouts", "step_branches", "group_branches", "n_neg", "neg_tries", "traj_threshold",
+                "step_threshold", "group_threshold", "group_min_win", "temperature", "max_new_tokens")
+
+
+def run_dir(cfg: Config) -> str:
+    if cfg.out:
+        return cfg.out
+    model = "tiny" if cfg.model == "tiny" else re.sub(r"[^A-Za-z0-9._-]", "_", cfg.model.rstrip("/").split("/")[-1])
+    return os.path.join("runs", cfg.env, f"{model}-{cfg.preset}-seed{cfg.seed}")
+
+
+def check_run_dir(cfg: Config, root: str) -> None:
+    """A run folder holds one set of stage settings; another set gets another folder (or --out)."""
+    path = os.path.join(root, "config.json")
+    mine = {k: getattr(cfg, k) for k in STAGE_FIELDS}
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f).get("stages", {})
+        diff = [k for k in STAGE_FIELDS if k in old and old[k] != mine[k]]
+        if diff:
+            raise UserError(f"{root} was made with other settings ({', '.join(diff)}); pass --out <folder>")
+    write_json(path, {"stages": mine, "last_command": dataclasses.asdict(cfg)})
+
+
+def pick_device(name: str) -> str:
+    if name != "auto":
+        if name == "cuda" and not torch.cuda.is_available():
+            raise UserError("--device cuda asked for, but torch sees no CUDA device")
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu"
+
+
+def main(argv=None) -> dict:
+    cfg = parse_config(argv)
+    device = pick_device(cfg.device)
+    if device == "cpu":
+        torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
+    root = run_dir(cfg)
+    os.makedirs(root, exist_ok=True)
+    check_run_dir(cfg, root)
+    tag = method_tag(cfg)
+    os.makedirs(os.path.join(root, tag), exist_ok=True)
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    log(f"hpl | env {cfg.env} | method {tag} | model {cfg.model} | preset {cfg.preset} | seed {cfg.seed} | "
+        f"device {device} | run folder {root}")
+    stages, perf = Stages(), {}
+    train_env = make_env(cfg, "train")
+    n_sft = min(cfg.sft_tasks, len(train_env))
+
+    # -- D_expert: the scripted expert's trajectories on the train split ---------------------------------
+    seed_everything(cfg.seed)
+    t0 = time.time()
+    demos = [expert_episode(train_env, i, cfg) for i in range(n_sft)]
+    stages.times["expert demos"] = time.time() - t0
+
+    # -- §3.2, Eq. (1): behaviour cloning -> pi_ref --------------------------------------------------------
+    def do_sft(path):
+        seed_everything(cfg.seed + 1)
+        if cfg.model == "tiny":
+            texts = [json.dumps(d["messages"]) for d in demos[:1000]]
+            tok = train_tiny_tokenizer(texts + list(SHORT_INSTRUCTIONS.values()) + [train_env.instruction],
+                                       cfg.vocab_size)
+            model = build_tiny_model(cfg, len(tok)).to(device)
+            log(f"tiny Qwen2: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+                f"vocab {len(tok)}")
+        else:
+            model, tok = load_pretrained(cfg.model, device)
+        perf.update(sft(model, tok, demos, cfg, device))
+        tmp = path + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_json(os.path.join(tmp, "sft_perf.json"), perf)
+        os.replace(tmp, path)
+        return model, tok
+
+    def load_sft(path):
+        perf.update(json.load(open(os.path.join(path, "sft_perf.json"))))
+        return load_pretrained(path, device)
+
+    model, tok = stages.run("sft (pi_ref)", os.path.join(root, "pi_ref"), do_sft, load_sft)
+    model.eval()
+    engine = Rollouts(model, tok, train_env, cfg, device)
+
+    results_path = os.path.join(root, "results.json")
+    results = json.load(open(results_path)) if os.path.exists(results_path) else {}
+
+    def do_eval_ref(path):
+        res = evaluate(model, tok, cfg, device)
+        write_json(path, res)
+        return res
+
+    results["pi_ref (SFT)"] = stages.run("evaluate pi_ref", os.path.join(root, "eval-pi_ref.json"), do_eval_ref,
+                                         lambda p: json.load(open(p)))
+    if cfg.method == "sft":
+        return finish(cfg, root, results, stages, perf, tag)
+
+    # -- §3.3: stage 1, exploration with pi_ref (fixed; one shot, offline afterwards) -------------------
+    n_exp = min(cfg.explore_tasks or len(demos), len(demos))
+    explore = demos[:n_exp]
+    levels_needed = set(METHOD_LEVELS[cfg.method]) - {k for k in ("traj", "step", "group")
+                                                      if getattr(cfg, f"no_{k}")}
+    pair_dir = os.path.join(root, "pairs")
+    os.makedirs(pair_dir, exist_ok=True)
+
+    def do_explore(path):
+        seed_everything(cfg.seed + 2)
+        eps = engine.run([Job(d["task"]) for d in explore], cfg.seed + 2)
+        rows = [{"task": e["task"], "messages": e["messages"], "n_start": e["n_start"], "reward": e["reward"],
+                 "won": e["won"]} for e in eps]
+        write_jsonl(path, rows)
+        return rows
+
+    explored = stages.run("explore (pi_ref greedy)", os.path.join(pair_dir, "explored.jsonl"), do_explore,
+                          read_jsonl)
+    levels = {}
+    if "traj" in levels_needed or cfg.method == "rft":
+        levels["traj"] = trajectory_pairs(explore, explored, cfg)
+
+    if "step" in levels_needed:
+        def do_step(path):
+            pairs = step_pairs(engine, explore, cfg, cfg.seed + 3)
+            write_jsonl(path, pairs)
+            return pairs
+        levels["step"] = stages.run("step pairs", os.path.join(pair_dir, "step.jsonl"), do_step, read_jsonl)
+
+    phases = [[]]
+    if "group" in levels_needed:
+        segs = segmentations(cfg, model, tok, explore, root, device)
+
+        def do_group(path):
+            pairs, gstats = group_pairs(engine, explore, segs, cfg, cfg.seed + 4)
+            write_json(path + ".stats.json", gstats)
+            write_jsonl(path, pairs)
+            return pairs
+        gpath = os.path.join(pair_dir, f"group-{cfg.segmentation}.jsonl")
+        gpairs = stages.run(f"group pairs ({cfg.segmentation})", gpath, do_group, read_jsonl)
+        Lth = tuple(int(x) for x in cfg.length_thresholds.split(",")) if cfg.length_thresholds \
+            else LENGTH_THRESHOLDS[cfg.env]
+        Dth = tuple(float(x) for x in cfg.gap_thresholds.split(","))
+        phases = curriculum(gpairs, Lth, Dth, cfg.curriculum)
+        grid = bucket_counts(gpairs)
+        write_json(os.path.join(root, tag, "curriculum.json"), {"grid": grid, "phases": [len(p) for p in phases],
+                                                                 "length_thresholds": Lth, "gap_thresholds": Dth})
+        log("curriculum grid (rows: length L1..L3, columns: difficulty D1 easy .. D3 hard):")
+        for l in (1, 2, 3):
+            log("  " + "  ".join(f"B{l}{d} {grid[f'B{l}{d}']:4d}" for d in (1, 2, 3)))
+        log("phases: " + " -> ".join(str(len(p)) for p in phases) + " group pairs (cumulative)")
+    log("pairs: " + ", ".join(f"{k} {len(v)}" for k, v in levels.items()) +
+        (f", group {len(phases[-1])}" if "group" in levels_needed else ""))
+
+    # -- Eq. (8): train from pi_ref, phase by phase -----------------------------------------------------
+    def do_train(path):
+        seed_everything(cfg.seed + 5)
+        bc_data = [render_chat(tok, d["messages"]) for d in demos]
+        train_levels = {k: levels[k] for k in ("traj", "step") if k in levels_needed}
+        train_phases = phases if "group" in levels_needed else [[]]
+        if cfg.method == "rft":     # rejection-sampling fine-tuning: L_BC on D_expert + pi_ref's own successes
+            bc_data += [render_chat(tok, e["messages"]) for e in explored if e["won"]]
+        if cfg.method == "eto":     # ETO's DPO has no NLL term
+            bc_data = None
+        t0 = time.time()
+        train_levels = {k: tokenize_pairs(tok, v) for k, v in train_levels.items()}
+        tokenized = {id(p): q for p, q in zip(train_phases[-1], tokenize_pairs(tok, train_phases[-1]))}
+        train_phases = [[tokenized[id(p)] for p in ph] for ph in train_phases]
+        reference_logps(model, [p for v in train_levels.values() for p in v] + train_phases[-1], device)
+        stages.times["reference log-probs"] = time.time() - t0
+        info = train(model, train_levels, train_phases, bc_data, cfg, device, os.path.join(root, tag, "log.jsonl"))
+        res = evaluate(model, tok, cfg, device)
+        write_json(path, {"eval": res, "train": info})
+        return {"eval": res, "train": info}
+
+    trained = stages.run(f"train + evaluate ({tag})", os.path.join(root, tag, "results.json"), do_train,
+                         lambda p: json.load(open(p)))
+    results[tag] = trained["eval"]
+    perf["train"] = trained["train"]
+    return finish(cfg, root, results, stages, perf, tag, levels)
+
+
+def segmentations(cfg: Config, model, tok, demos: list[dict], root: str, device) -> list:
+    """Segment every explored expert trajectory with the chosen strategy; print how well each strategy's
+    boundaries agree with the env's subgoal labels."""
+    actions = [d["actions"] for d in demos]
+    ent_path = os.path.join(root, "pairs", "entropies.json")
+    if os.path.exists(ent_path):
+        ents = json.load(open(ent_path))
+    else:
+        ents = action_entropies(model, tok, demos, device)
+        write_json(ent_path, ents)
+    flat = [x for e in ents for x in e]
+    eps = float(np.percentile(flat, cfg.entropy_percentile)) if flat else 0.0
+    model_groups = [None] * len(demos)
+    if cfg.segmenter_model and cfg.segmentation == "semantic":
+        model_groups = semantic_groups_from_model(cfg.segmenter_model, demos, device)
+    by = {
+        "fixed_n": [segment(a, "fixed_n", N=cfg.fixed_n) for a in actions],
+        "fixed_k": [segment(a, "fixed_k", K=cfg.fixed_k) for a in actions],
+        "uncertainty": [segment(a, "uncertainty", entropies=e, threshold=eps) for a, e in zip(actions, ents)],
+        "semantic": [segment(a, "semantic", groups=g, env=cfg.env) for a, g in zip(actions, model_groups)],
+    }
+    log(f"segmentation vs the env's subgoal labels (boundary F1; uncertainty threshold {eps:.3f}):")
+    for name, groups in by.items():
+        agree = boundary_agreement(groups, [d["subgoals"] for d in demos])
+        mean_len = np.mean([e - s for g in groups for s, e in g])
+        log(f"  {name:<12} F1 {agree['f1']:.2f} (P {agree['precision']:.2f} R {agree['recall']:.2f}) | "
+            f"mean group length {mean_len:.2f}")
+    return by[cfg.segmentation]
+
+
+def finish(cfg, root, results, stages, perf, tag, levels=None) -> dict:
+    write_json(os.path.join(root, "results.json"), results)
+    log("\nresults (success %; WebShop/SQL: average reward and success, x100):")
+    log(results_table(results, cfg.env))
+    log("\nstage times:")
+    log(stages.table())
+    if "sft_tokens_per_s" in perf:
+        log(f"throughput: SFT {perf['sft_tokens_per_s']:.0f} train tok/s")
+    for ph in perf.get("train", {}).get("phases", []):
+        log(f"  phase {ph['phase']}: {ph['steps']} steps, {ph['seconds']:.1f} s, {ph['tokens_per_s']:.0f} tok/s")
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:
+        sys.exit(f"hpl.py: error: {e}")
