@@ -464,47 +464,110 @@ class Job:
 class Rollouts:
     """Batched, KV-cached decoding of agent turns interleaved with environment steps.
 
-    Rows are right-padded and padding stays in the cache as masked slots, so every row keeps its own
-    positions (RoPE position ids are counted over real tokens). Jobs that share a prompt (M Monte-Carlo
-    rollouts from one state) share one prefill. Finished rows are dropped from the cache between turns.
+    Up to `rollout_batch` episodes decode together, one agent turn at a time, in one forward pass per token.
+    Rows are right-padded and padding stays in the cache as masked slots, so every row keeps its own RoPE
+    positions (counted over its real tokens). After each turn finished rows leave the cache and waiting jobs
+    join it (continuous batching); jobs that share a prompt (the M rollouts of one Monte-Carlo estimate) share
+    one prefill.
     """
 
     def __init__(self, model, tok, env, cfg: Config, device):
         self.model, self.tok, self.env, self.cfg, self.device = model, tok, env, cfg, device
         self.eot = torch.tensor(end_of_turn_ids(tok), device=device)
         self.pad = tok.pad_token_id
+        self.max_new = cfg.max_new_tokens or {"alfworld": 96, "webshop": 128}.get(cfg.env, 160)
         self.stats = {"episodes": 0, "env_steps": 0, "gen_tokens": 0, "prefill_tokens": 0}
 
+    @torch.no_grad()
     def run(self, jobs: list[Job], seed: int) -> list[dict]:
-        """Run every job; returns one result per job (same order)."""
-        order = sorted(range(len(jobs)), key=lambda j: (len(jobs[j].prefix), jobs[j].task))
-        results = [None] * len(jobs)
-        gen = torch.Generator().manual_seed(seed)
-        for start in range(0, len(order), self.cfg.rollout_batch):
-            chunk = order[start:start + self.cfg.rollout_batch]
-            for j, res in zip(chunk, self._run_batch([jobs[j] for j in chunk], gen)):
-                results[j] = res
+        """Run every job; returns one result per job, in the jobs' order."""
+        pending = sorted(range(len(jobs)), key=lambda j: (-len(jobs[j].prefix), jobs[j].task), reverse=True)
+        results, gen = [None] * len(jobs), torch.Generator().manual_seed(seed)
+        rows, state = [], None                              # state = (cache, attn, n_real, logits)
+        while pending or rows:
+            if pending and len(rows) < self.cfg.rollout_batch:      # admit waiting jobs
+                new = []
+                while pending and len(rows) + len(new) < self.cfg.rollout_batch:
+                    j = pending.pop()
+                    row = self._start(j, jobs[j])
+                    if row["env"].done:
+                        results[j] = self._finish(row)
+                    else:
+                        new.append(row)
+                if new:
+                    rows, state = rows + new, self._merge(state, self._prefill(new))
+            if not rows:
+                continue
+            tokens, state = self._generate_turn(state, rows, gen)
+            keep, block = [], []
+            for b, row in enumerate(rows):
+                if self._step(row, tokens[b], int(state[2][b])):
+                    results[row["id"]] = self._finish(row)
+                else:
+                    keep.append(b)
+                    block.append(self._next_prompt_tokens(row))
+            rows = [rows[b] for b in keep]
+            state = self._forward(*self._select(state, keep)[:3], block) if rows else None
         return results
 
-    def _start(self, job: Job) -> dict:
+    def _start(self, j: int, job: Job) -> dict:
+        """Reset a copy of the env on the job's task and replay its prefix turns."""
         env = self.env.clone()
         messages = prompt_messages(env, env.reset(job.task), self.cfg)
         for turn in job.prefix:
             obs, _, _, _ = env.act(turn)
             messages += [{"role": "assistant", "content": turn}, {"role": "user", "content": obs}]
-        return {"job": job, "env": env, "messages": messages, "n_start": len(messages), "turns": 0}
+        return {"id": j, "job": job, "env": env, "messages": messages, "n_start": len(messages), "turns": 0}
+
+    def _step(self, row: dict, tokens: list[int], n_tokens: int) -> bool:
+        """Execute a generated turn in the row's env; True when the row is finished."""
+        content = self.tok.decode(tokens, skip_special_tokens=False)
+        obs, _, done, _ = row["env"].act(content)
+        row["messages"] += [{"role": "assistant", "content": content}, {"role": "user", "content": obs}]
+        row["turns"] += 1
+        row["fed"] += content
+        self.stats["env_steps"] += 1
+        self.stats["gen_tokens"] += len(tokens)
+        limit = row["job"].turns and row["turns"] >= row["job"].turns
+        return done or bool(limit) or n_tokens >= self.cfg.max_len - 2 * self.max_new
+
+    def _next_prompt_tokens(self, row: dict) -> list[int]:
+        """Tokens that take the conversation from the generated turn to the next generation prompt."""
+        text = self.tok.apply_chat_template(row["messages"], tokenize=False, add_generation_prompt=True)
+        if not text.startswith(row["fed"]):
+            raise RuntimeError("the chat template renders earlier turns differently once a turn is added; "
+                               "the rollout engine needs a prefix-stable template")
+        delta, row["fed"] = text[len(row["fed"]):], text
+        ids = self.tok(delta, add_special_tokens=False)["input_ids"]
+        self.stats["prefill_tokens"] += len(ids)
+        return ids
 
     def _finish(self, row: dict) -> dict:
         env, msgs = row["env"], row["messages"]
-        if msgs[-1]["role"] == "user" and len(msgs) > row["n_start"]:
+        if len(msgs) > row["n_start"]:
             msgs = msgs[:-1]                  # pairs end on an agent turn; the last observation is dropped
         self.stats["episodes"] += 1
         return {"task": row["job"].task, "messages": msgs, "n_start": row["n_start"], "done": env.done,
-                "reward": env.reward if env.done else 0.0, "won": env.won, "turns": row["turns"],
-                "env": env}
+                "reward": env.reward if env.done else 0.0, "won": env.won, "turns": row["turns"]}
+
+    def _prefill(self, rows: list[dict]):
+        """One forward over the distinct prompts of new rows; each row then takes its prompt's cache."""
+        from transformers import DynamicCache
+        texts = [self.tok.apply_chat_template(r["messages"], tokenize=False, add_generation_prompt=True)
+                 for r in rows]
+        uniq = list(dict.fromkeys(texts))
+        for r, t in zip(rows, texts):
+            r["fed"] = t
+        ids = self.tok(uniq, add_special_tokens=False)["input_ids"]
+        self.stats["prefill_tokens"] += sum(map(len, ids))
+        empty = (DynamicCache(), torch.zeros(len(uniq), 0, dtype=torch.long, device=self.device),
+                 torch.zeros(len(uniq), dtype=torch.long, device=self.device))
+        state = self._forward(*empty, ids)
+        return self._select(state, [uniq.index(t) for t in texts])
 
     def _forward(self, cache, attn, n_real, block: list[list[int]]):
-        """Append a right-padded block of new tokens to every row; returns logits at each row's last token."""
+        """Append a right-padded block of new tokens to every row; returns the new state with the logits at
+        each row's last real token (rows with an empty block keep a placeholder)."""
         lens = torch.tensor([len(b) for b in block], device=self.device)
         ids = pad_batch(block, self.pad).to(self.device)
         new_mask = (torch.arange(ids.shape[1], device=self.device)[None] < lens[:, None]).long()
@@ -512,97 +575,62 @@ class Rollouts:
         attn = torch.cat([attn, new_mask], 1)
         out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
                          use_cache=True)
-        last = out.logits[torch.arange(len(block)), (lens - 1).clamp(min=0)].float()
+        last = out.logits[torch.arange(len(block), device=self.device), (lens - 1).clamp(min=0)].float()
         return out.past_key_values, attn, n_real + lens, last
 
-    @torch.no_grad()
-    def _run_batch(self, jobs: list[Job], gen: torch.Generator) -> list[dict]:
-        from transformers import DynamicCache
-        rows = [self._start(job) for job in jobs]
-        done = [self._finish(r) if r["env"].done else None for r in rows]
-        live = [i for i, r in enumerate(rows) if done[i] is None]
-        # prefill: one pass over the distinct prompts, then each row takes its prompt's cache
-        texts = [self.tok.apply_chat_template(rows[i]["messages"], tokenize=False, add_generation_prompt=True)
-                 for i in live]
-        uniq = sorted(set(texts), key=texts.index)
-        for i, t in zip(live, texts):
-            rows[i]["fed"] = t
-        if not live:
-            return done
-        ids = self.tok(uniq, add_special_tokens=False)["input_ids"]
-        self.stats["prefill_tokens"] += sum(map(len, ids))
-        cache = DynamicCache()
-        attn = torch.zeros(len(uniq), 0, dtype=torch.long, device=self.device)
-        cache, attn, n_real, logits = self._forward(cache, attn, torch.zeros(len(uniq), dtype=torch.long,
-                                                                              device=self.device), ids)
-        pick = torch.tensor([uniq.index(t) for t in texts], device=self.device)
-        cache.batch_select_indices(pick)
-        attn, n_real, logits = attn[pick], n_real[pick], logits[pick]
-        max_new = self.cfg.max_new_tokens or self.env_max_new_tokens()
-        while live:
-            temps = torch.tensor([rows[i]["job"].temperature for i in live], device=self.device)
-            tokens, cache, attn, n_real = self._generate_turn(cache, attn, n_real, logits, temps, max_new, gen)
-            keep, block = [], []
-            for b, i in enumerate(live):
-                row = rows[i]
-                content = self.tok.decode(tokens[b], skip_special_tokens=False)
-                obs, _, ended, _ = row["env"].act(content)
-                row["messages"] += [{"role": "assistant", "content": content}, {"role": "user", "content": obs}]
-                row["turns"] += 1
-                row["fed"] += content
-                self.stats["env_steps"] += 1
-                self.stats["gen_tokens"] += len(tokens[b])
-                job = row["job"]
-                if ended or (job.turns and row["turns"] >= job.turns) or int(n_real[b]) >= self.cfg.max_len - 200:
-                    done[i] = self._finish(row)
-                    continue
-                text = self.tok.apply_chat_template(row["messages"], tokenize=False, add_generation_prompt=True)
-                if not text.startswith(row["fed"]):
-                    raise RuntimeError("the chat template re-renders earlier turns differently; "
-                                       "the rollout engine needs a prefix-stable template")
-                block.append(self.tok(text[len(row["fed"]):], add_special_tokens=False)["input_ids"])
-                row["fed"] = text
-                keep.append(b)
-            live = [live[b] for b in keep]
-            if not live:
-                break
-            sel = torch.tensor(keep, device=self.device)
-            cache.batch_select_indices(sel)
-            attn, n_real = attn[sel], n_real[sel]
-            self.stats["prefill_tokens"] += sum(map(len, block))
-            cache, attn, n_real, logits = self._forward(cache, attn, n_real, block)
-        return done
+    @staticmethod
+    def _select(state, keep: list[int]):
+        """Keep (or repeat) rows of the batch state, in the given order."""
+        cache, attn, n_real, logits = state
+        idx = torch.tensor(keep, device=attn.device)
+        cache.batch_select_indices(idx)
+        return cache, attn[idx], n_real[idx], logits[idx]
 
-    def _generate_turn(self, cache, attn, n_real, logits, temps, max_new: int, gen: torch.Generator):
+    @staticmethod
+    def _merge(a, b):
+        """Stack two batch states; the shorter cache is right-padded with masked slots."""
+        if a is None:
+            return b
+        Ta, Tb = a[1].shape[1], b[1].shape[1]
+        for la, lb in zip(a[0].layers, b[0].layers):
+            for name in ("keys", "values"):
+                x, y = getattr(la, name), getattr(lb, name)
+                T = max(x.shape[-2], y.shape[-2])
+                setattr(la, name, torch.cat([F.pad(x, (0, 0, 0, T - x.shape[-2])),
+                                             F.pad(y, (0, 0, 0, T - y.shape[-2]))], 0))
+        T = max(Ta, Tb)
+        attn = torch.cat([F.pad(a[1], (0, T - Ta)), F.pad(b[1], (0, T - Tb))], 0)
+        return a[0], attn, torch.cat([a[2], b[2]]), torch.cat([a[3], b[3]])
+
+    def _generate_turn(self, state, rows: list[dict], gen: torch.Generator):
         """Decode one agent turn for every row, until each emits an end-of-turn token or max_new tokens."""
-        B = logits.shape[0]
+        cache, attn, n_real, logits = state
+        temps = torch.tensor([r["job"].temperature for r in rows], device=self.device)
+        B = len(rows)
         out = [[] for _ in range(B)]
         running = torch.ones(B, dtype=torch.bool, device=self.device)
-        for _ in range(max_new):
+        for _ in range(self.max_new):
             nxt = self._pick(logits, temps, gen)
-            stop = torch.isin(nxt, self.eot)
-            running = running & ~stop
-            for b in running.nonzero().flatten().tolist():
-                out[b].append(int(nxt[b]))
+            running = running & ~torch.isin(nxt, self.eot)
             if not running.any():
                 break
-            block = [[int(nxt[b])] if running[b] else [] for b in range(B)]
+            live = running.nonzero().flatten().tolist()
+            for b in live:
+                out[b].append(int(nxt[b]))
+            block = [[out[b][-1]] if running[b] else [] for b in range(B)]
             cache, attn, n_real, new_logits = self._forward(cache, attn, n_real, block)
             logits = torch.where(running[:, None], new_logits, logits)
-        return out, cache, attn, n_real
+        return out, (cache, attn, n_real, logits)
 
     @staticmethod
     def _pick(logits: torch.Tensor, temps: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Greedy where temperature is 0, else a sample from softmax(logits / T)."""
+        """Greedy where the temperature is 0, else a sample from softmax(logits / T)."""
         greedy = logits.argmax(-1)
         if not (temps > 0).any():
             return greedy
         probs = torch.softmax(logits / temps.clamp(min=1e-4)[:, None], -1)
         sampled = torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
         return torch.where(temps > 0, sampled, greedy)
-
-    def env_max_new_tokens(self) -> int:
-        return {"alfworld": 96, "webshop": 128, "intercode_sql": 160}.get(self.cfg.env, 128)
 
 
 # ---------------------------------------------------------------------------------------------------------
