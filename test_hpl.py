@@ -6,8 +6,13 @@ Run: python -m pytest -q
 import json
 import math
 import os
+import random
+import re
+import sqlite3
 import subprocess
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -15,6 +20,9 @@ import torch
 
 import envs
 import hpl
+from envs import (ALFWORLD_SPLITS, CAN_HOLD, CLEANABLE, COOLABLE, ENVS, HEATABLE, INSTRUCTIONS, OPENABLE, PICKUPABLE,
+                  PLACE_PRIOR, RECEPTACLE_OBJECTS, ROOMS, TOGGLEABLE, ALFWorld, ALFWorldReal, heldout_pair,
+                  in_seen_bucket, parse_goal)
 
 ROOT = Path(__file__).resolve().parent
 REFERENCE = ROOT.parent / "shared" / "reference"
@@ -398,3 +406,1344 @@ def test_smoke_run_writes_results_and_is_reproducible(tmp_path):
     again = run_cli("--env", "alfworld", "--preset", "smoke", "--out", str(tmp_path / "a"))
     assert again.returncode == 0 and "reusing" in again.stdout
     assert json.loads((tmp_path / "a" / "results.json").read_text()) == outs[0]
+
+# ---------------------------------------------------------------------------------------------------------
+# envs.py: ALFWorld
+# ---------------------------------------------------------------------------------------------------------
+KINDS = {"pick", "clean", "heat", "cool", "examine", "pick2"}
+
+
+def play(env, i, actions):
+    env.reset(i)
+    return [env.step(a) for a in actions]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 1. The embedded tables agree with alfworld/gen/constants.py
+# --------------------------------------------------------------------------------------------------------------
+@needs_reference
+def test_tables_match_alfworld_constants():
+    ref = json.loads((REFERENCE / "alfworld_constants.json").read_text())
+
+    def low(names):       # our tables leave out the sliced classes (ALFWorld skips sliced games)
+        return {n.lower() for n in names if not n.endswith("Sliced")}
+
+    assert {r.lower(): low(objs) for r, objs in ref["VAL_RECEPTACLE_OBJECTS"].items()} ==\
+        {r: set(objs) for r, objs in CAN_HOLD.items()}
+    actions = ref["VAL_ACTION_OBJECTS"]
+    assert (low(actions["Heatable"]), low(actions["Coolable"]), low(actions["Cleanable"]), low(actions["Toggleable"]))\
+        == (HEATABLE, COOLABLE, CLEANABLE, TOGGLEABLE)
+    assert low(ref["OPENABLE_CLASS_LIST"]) == OPENABLE
+    assert low(ref["PICKUPABLE"]) == PICKUPABLE
+    assert low(ref["MOVABLE_RECEPTACLES"]) == RECEPTACLE_OBJECTS
+
+
+def test_priors_and_rooms_respect_the_compatibility_table():
+    for obj, receps in PLACE_PRIOR.items():
+        for r in receps:
+            assert obj == "desklamp" or obj in CAN_HOLD[r], (obj, r)
+    for room in ROOMS.values():
+        for obj in (room["objects"] + " " + room["small_objects"]).split():
+            assert obj in PLACE_PRIOR and obj in PICKUPABLE
+        assert set(room["small_objects"].split()) <= set(room["objects"].split())
+        assert len(room["small_objects"].split()) == 8
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 2. The 36 real episodes replay in scenes rebuilt from their observations
+# --------------------------------------------------------------------------------------------------------------
+NAME = r"(\w+ \d+)"
+ON = re.compile(rf"On the {NAME}, you see (.*)\.")
+OPEN = re.compile(rf"(?:You open the {NAME}\. )?The {NAME} is open\. In it, you see (.*)\.")
+CLOSED = re.compile(rf"The {NAME} is closed\.")
+FACING = re.compile(r"You are facing the (.*)\. Next to it, you see nothing\.")
+PUT = re.compile(rf"You put the {NAME} in/on the {NAME}\.")
+
+
+def _items(text):
+    """`a cloth 1, a soapbar 1, and a soapbottle 1` -> names (also reads the hand-edited list without `and`)."""
+    if text == "nothing":
+        return []
+    return [re.sub(r"^(and )?an? ", "", part) for part in text.split(", ")]
+
+
+def parse_episode(text):
+    """First observation (two lines), and the (action, observation) pairs of a ReAct/Act prompt."""
+    lines = text.strip("\n").split("\n")
+    steps, action = [], None
+    for line in lines[2:]:
+        if line.startswith("Action:"):
+            action = line[len("Action:"):].strip()
+        elif line.startswith("Observation:"):
+            steps.append((action, line[len("Observation:"):].strip()))
+    return lines[0], lines[1], steps
+
+
+def rebuild_scene(first_line, task_line, steps):
+    """The scene as the episode reveals it: receptacles of the first observation; each one's initial contents are
+    what is first seen in it minus what the agent put there before; found closed -> openable; `look` -> one spot."""
+    receptacles = _items(first_line.split("you see ", 1)[1].rstrip("."))
+    first_seen, put_before, closed, same_place = {}, {r: set() for r in receptacles}, set(), []
+    for _, obs in steps:
+        if m := ON.fullmatch(obs):
+            first_seen.setdefault(m.group(1), _items(m.group(2)))
+        elif m := OPEN.fullmatch(obs):
+            closed.add(m.group(2))
+            first_seen.setdefault(m.group(2), _items(m.group(3)))
+        elif m := CLOSED.fullmatch(obs):
+            closed.add(m.group(1))
+        elif m := FACING.fullmatch(obs):
+            group = [n.removeprefix("and ") for n in m.group(1).split(", ")]
+            if len(group) > 1:
+                same_place.append(group)
+        elif (m := PUT.fullmatch(obs)) and m.group(2) not in first_seen:
+            put_before[m.group(2)].add(m.group(1))
+    contents = {r: [o for o in first_seen.get(r, []) if o not in put_before[r]] for r in receptacles}
+    task = task_line.split("Your task is to: ", 1)[1]
+    return ALFWorld.from_layout(contents, task, closed=sorted(closed), same_place=same_place)
+
+
+@needs_reference
+def test_real_episodes_replay_exactly():
+    episodes = json.loads((REFERENCE / "alfworld_react_trajectories.json").read_text())
+    assert len(episodes) == 36
+    mismatches, n_obs = [], 0
+    for name, text in episodes.items():
+        first_line, task_line, steps = parse_episode(text)
+        env = rebuild_scene(first_line, task_line, steps)
+        # act_examine_0's task line carries a trailing space in the prompt text; the engine writes none
+        assert env.reset(0) == first_line + "\n" + task_line.rstrip(), name
+        for k, (action, expected) in enumerate(steps):
+            obs, reward, done, info = env.step(action)
+            n_obs += 1
+            if obs != expected:
+                mismatches.append((name, k, obs))
+        assert info["won"] and done and reward == 1.0, name
+    assert n_obs == 396
+    # the 4 hand edits of those prompts (../shared/reference/README.md): a list without `, and`, and an
+    # `open fridge 1` sent from the middle of the room, which the engine answers `Nothing happens.`
+    assert sorted(m[:2] for m in mismatches) == [("act_heat_0", 0), ("act_put_0", 0), ("react_heat_0", 0),
+                                                 ("react_put_0", 0)]
+    assert {m[2] for m in mismatches if "heat" in m[0]} == {"Nothing happens."}
+    assert {m[2] for m in mismatches if "put" in m[0]} == {
+        "On the cabinet 1, you see a cloth 1, a soapbar 1, and a soapbottle 1."}
+
+
+@needs_reference
+def test_expert_solves_the_rebuilt_real_scenes():
+    episodes = json.loads((REFERENCE / "alfworld_react_trajectories.json").read_text())
+    for name, text in episodes.items():
+        env = rebuild_scene(*parse_episode(text))
+        env.reset(0)
+        while not env.done:
+            env.step(env.expert_step()[1])
+        assert env.won, name
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 3. Exact answers to odd actions (ENVS.md 1.3, 1.4, 1.10) on a hand-built scene
+# --------------------------------------------------------------------------------------------------------------
+N = "Nothing happens."
+PROBES = [
+    ("look", "You are in the middle of a room. Looking quickly around you, you see nothing."),
+    ("inventory", "You are not carrying anything."),
+    ("open fridge 1", N),                         # not at the fridge
+    ("help", N), ("jump", N), ("go to loc 3", N), ("Go to countertop 1", N), ("", N),
+    ("  go to countertop 1  ", "On the countertop 1, you see a apple 1, and a egg 1."),
+    ("go to countertop 1", N),                    # already there
+    ("look", "You are facing the countertop 1. Next to it, you see nothing."),
+    ("examine countertop 1", "On the countertop 1, you see a apple 1, and a egg 1."),
+    ("examine apple 1", N), ("examine fridge 1", N), ("open countertop 1", N),
+    ("take apple 1 from countertop 1", "You pick up the apple 1 from the countertop 1."),
+    ("take egg 1 from countertop 1", N),          # one object in hand
+    ("inventory", "You are carrying: a apple 1."),
+    ("examine apple 1", "There's nothing special about apple 1."),
+    ("put apple 1 in countertop 1", N), ("put apple 1 on countertop 1", N), ("Put apple 1 in/on countertop 1", N),
+    ("heat apple 1 with microwave 1", N),         # not at the microwave
+    ("go to cabinet 1", "The cabinet 1 is closed."),
+    ("go to cabinet 2", N),                       # same spot as cabinet 1
+    ("look", "You are facing the cabinet 2, and cabinet 1. Next to it, you see nothing."),
+    ("close cabinet 1", N),
+    ("open cabinet 1", "You open the cabinet 1. The cabinet 1 is open. In it, you see a mug 1."),
+    ("open cabinet 1", N),
+    ("put apple 1 in/on cabinet 1", N),           # a cabinet cannot hold an apple
+    ("examine cabinet 2", "On the cabinet 2, you see nothing."),   # not openable: reads like a table
+    ("open cabinet 2", N),
+    ("close cabinet 1", "You close the cabinet 1."),
+    ("go to microwave 1", "The microwave 1 is closed."),
+    ("heat apple 1 with microwave 1", "You heat the apple 1 using the microwave 1."),   # closed is fine
+    ("examine apple 1", "This is a hot apple 1."),
+    ("cool apple 1 with microwave 1", N), ("use microwave 1", N),
+    ("go to fridge 1", "The fridge 1 is closed."),
+    ("cool apple 1 with fridge 1", "You cool the apple 1 using the fridge 1."),
+    ("examine apple 1", "This is a cold apple 1."),
+    ("go to sinkbasin 1", "On the sinkbasin 1, you see nothing."),
+    ("clean apple 1 with sinkbasin 1", "You clean the apple 1 using the sinkbasin 1."),
+    ("examine apple 1", "This is a cool and clean apple 1."),
+    ("put apple 1 in/on sinkbasin 1", "You put the apple 1 in/on the sinkbasin 1."),
+    ("go to desk 1", "On the desk 1, you see a desklamp 1."),
+    ("take desklamp 1 from desk 1", N),           # lamps cannot be picked up
+    ("use desklamp 1", "You turn on the desklamp 1."),
+    ("use desklamp 1", "You turn on the desklamp 1."),
+    ("go to drawer 1", "On the drawer 1, you see a cd 1."),   # a drawer that is not openable
+    ("open drawer 1", N),
+    ("use desklamp 1", N),                        # the lamp is elsewhere
+    ("go to sidetable 1", "On the sidetable 1, you see a bowl 1."),
+    ("take bowl 1 from sidetable 1", "You pick up the bowl 1 from the sidetable 1."),
+    ("examine bowl 1", "This is a normal bowl 1. In it, you see nothing."),
+    ("go to fridge 1", "The fridge 1 is closed."),
+    ("cool bowl 1 with fridge 1", "You cool the bowl 1 using the fridge 1."),
+    ("examine bowl 1", "This is a normal bowl 1. In it, you see nothing."),
+    ("go to microwave 1", "The microwave 1 is closed."),
+    ("heat bowl 1 with microwave 1", N),          # a bowl is not heatable
+    ("put bowl 1 in/on microwave 1", N),          # closed
+    ("open microwave 1", "You open the microwave 1. The microwave 1 is open. In it, you see nothing."),
+    ("put bowl 1 in/on microwave 1", "You put the bowl 1 in/on the microwave 1."),
+    ("go to fridge 1", "The fridge 1 is closed."),
+    ("open fridge 1", "You open the fridge 1. The fridge 1 is open. In it, you see a potato 1."),
+    ("take potato 1 from fridge 1", "You pick up the potato 1 from the fridge 1."),
+    ("examine potato 1", "This is a cold potato 1."),   # the task's class starts cool in a fridge
+    ("go to toilet 1", "On the toilet 1, you see nothing."),
+    ("put potato 1 in/on toilet 1", N),
+    ("go to microwave 1", "The microwave 1 is open. In it, you see a bowl 1."),
+    ("heat potato 1 with microwave 1", "You heat the potato 1 using the microwave 1."),
+    ("examine potato 1", "This is a hot potato 1."),
+    ("go to countertop 1", "On the countertop 1, you see a egg 1."),
+]
+
+
+def probe_scene():
+    return ALFWorld.from_layout(
+        {"cabinet 1": ["mug 1"], "cabinet 2": [], "countertop 1": ["apple 1", "egg 1"], "fridge 1": ["potato 1"],
+         "microwave 1": [], "sinkbasin 1": [], "desk 1": ["desklamp 1"], "drawer 1": ["cd 1"], "toilet 1": [],
+         "sidetable 1": ["bowl 1"]},
+        "put a hot potato in countertop.", closed=["cabinet 1", "fridge 1", "microwave 1"],
+        same_place=[["cabinet 1", "cabinet 2"]], max_steps=200)
+
+
+def test_odd_actions_give_the_real_engines_answers():
+    env = probe_scene()
+    assert env.reset(0) == (
+        "You are in the middle of a room. Looking quickly around you, you see a cabinet 2, a cabinet 1, "
+        "a countertop 1, a desk 1, a drawer 1, a fridge 1, a microwave 1, a sidetable 1, a sinkbasin 1, "
+        "and a toilet 1.\n"
+        "Your task is to: put a hot potato in countertop.")
+    for k, (action, expected) in enumerate(PROBES):
+        obs, reward, done, info = env.step(action)
+        assert (k, obs, reward, done) == (k, expected, 0.0, False), action
+        assert env.t == k + 1
+    assert env.step("put potato 1 in/on countertop 1") == ("You put the potato 1 in/on the countertop 1.", 1.0, True,
+                                                           {"won": True, "steps": len(PROBES) + 1, "done": True})
+    assert env.step("look")[2] is True            # the episode is over after a win
+
+
+def test_goal_conditions():
+    # light task: a lamp toggled earlier wins on arrival while holding the object (sticky toggle)
+    env = ALFWorld.from_layout({"desk 1": ["desklamp 1"], "bed 1": ["book 1"]}, "examine the book with the desklamp")
+    assert [r[:3] for r in play(env, 0, ["go to desk 1", "use desklamp 1", "go to bed 1",
+                                         "take book 1 from bed 1", "go to desk 1"])] == [
+        ("On the desk 1, you see a desklamp 1.", 0.0, False), ("You turn on the desklamp 1.", 0.0, False),
+        ("On the bed 1, you see a book 1.", 0.0, False), ("You pick up the book 1 from the bed 1.", 0.0, False),
+        ("On the desk 1, you see a desklamp 1.", 1.0, True)]
+    # two objects must share one receptacle of the target class
+    env = ALFWorld.from_layout({"drawer 1": ["cd 2", "cd 1"], "shelf 1": [], "shelf 2": []},
+                               "find two cd and put them in shelf")
+    steps = play(env, 0, ["go to drawer 1", "take cd 1 from drawer 1", "go to shelf 1", "put cd 1 in/on shelf 1",
+                          "go to drawer 1", "take cd 2 from drawer 1", "go to shelf 2", "put cd 2 in/on shelf 2"])
+    assert not any(s[2] for s in steps)
+    assert play(env, 0, ["go to drawer 1", "take cd 1 from drawer 1", "go to shelf 1", "put cd 1 in/on shelf 1",
+                         "go to drawer 1", "take cd 2 from drawer 1", "go to shelf 1",
+                         "put cd 2 in/on shelf 1"])[-1][:3] == ("You put the cd 2 in/on the shelf 1.", 1.0, True)
+    # a plain put does not satisfy a `clean` goal
+    env = ALFWorld.from_layout({"countertop 1": ["fork 1"], "drawer 1": [], "sinkbasin 1": []},
+                               "clean some fork and put it in drawer")
+    assert play(env, 0, ["go to countertop 1", "take fork 1 from countertop 1", "go to drawer 1",
+                         "put fork 1 in/on drawer 1"])[-1][2] is False
+
+
+def test_parse_task_reads_every_template():
+    assert parse_goal("put a hot apple in fridge.") == ("heat", "apple", "fridge")
+    assert parse_goal("cool some pan and put it in stoveburner") == ("cool", "pan", "stoveburner")
+    assert parse_goal("find some apple and put it in sidetable.") == ("pick", "apple", "sidetable")
+    assert parse_goal("put some spraybottle on toilet") == ("pick", "spraybottle", "toilet")
+    assert parse_goal("find two cellphone and put them in sofa") == ("pick2", "cellphone", "sofa")
+    assert parse_goal("look at bowl under the desklamp. ") == ("examine", "bowl", "desklamp")
+    assert parse_goal("put a clean lettuce in diningtable") == ("clean", "lettuce", "diningtable")
+    with pytest.raises(ValueError):
+        parse_goal("make me a sandwich")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 4. The expert
+# --------------------------------------------------------------------------------------------------------------
+def sample_indices(env, n):
+    return range(len(env)) if len(env) <= n else random.Random(0).sample(range(len(env)), n)
+
+
+LABELS = {   # the subgoal structure of the handcoded expert (ENVS.md 1.6), one regex per task type
+    "pick": "(find O )*take O (find T )*put T ",
+    "clean": "(find O )*take O (clean O )+(find T )*put T ",
+    "heat": "(find O )*take O (heat O )+(find T )*put T ",
+    "cool": "(find O )*take O (cool O )+(find T )*put T ",
+    "examine": "(find O )*take O (find L )*use L ",
+    "pick2": "(find O )*take O (find T )*put T (find O )*take O (find T )*put T ",
+}
+
+
+@pytest.mark.parametrize("scene", ["small", "full"])
+def test_expert_wins_every_task_cleanly(scene):
+    for split, n in (("seen", 140), ("unseen", 134), ("train", 300)):
+        env = ALFWorld(split, scene=scene)
+        for i in sample_indices(env, n):
+            trajectory = env.expert(i)
+            task = env.get_task(i)
+            obs = [env.reset(i)] + [env.step(a)[0] for _, a, _ in trajectory]
+            assert env.won and len(trajectory) <= env.max_steps, (split, i)
+            assert "Nothing happens." not in obs, (split, i)
+            # labels follow the subgoal list; O = object, T = target class, L = the lamp
+            names = {task.obj: "O", task.target: "T" if task.kind != "examine" else "L"}
+            labels = "".join(f"{re.sub(r'[(].*', '', sg)} {names[sg[sg.index('(') + 1:-1]]} "
+                             for _, _, sg in trajectory)
+            assert re.fullmatch(LABELS[task.kind], labels), (split, i, labels)
+            # the first thought states the plan with the actual appliance and target; the others restate the
+            # latest observation first
+            first = trajectory[0][0]
+            assert first.startswith("To solve the task, I need to find and take "), first
+            if task.kind in ("heat", "cool", "clean"):
+                assert f"then {task.kind} it with {task.appliance}, then put it in/on {task.targets[0]}." in first
+            for (thought, _, _), previous in zip(trajectory[1:], obs[1:]):
+                assert thought.startswith(ALFWorld._restate(previous)), (thought, previous)
+
+
+def test_expert_thoughts_on_a_known_scene():
+    env = ALFWorld.from_layout({"countertop 1": ["fork 1"], "countertop 2": ["mug 1", "plate 1"], "cabinet 1": [],
+                                "cabinet 2": [], "microwave 1": []}, "heat some mug and put it in cabinet",
+                               closed=["cabinet 1", "cabinet 2", "microwave 1"])
+    trajectory = env.expert(0)
+    assert trajectory == [
+        ("To solve the task, I need to find and take a mug, then heat it with microwave 1, then put it in/on "
+         "cabinet 1. First I check countertop 1.", "go to countertop 1", "find(mug)"),
+        ("On the countertop 1, I see a fork 1. No mug here. Next, I check countertop 2 to find a mug, then heat it "
+         "with microwave 1, then put it in/on cabinet 1.", "go to countertop 2", "find(mug)"),
+        ("On the countertop 2, I see a mug 1, and a plate 1. Now I find a mug 1. Next, I need to take it.",
+         "take mug 1 from countertop 2", "take(mug)"),
+        ("I picked up the mug 1. Next, I go to microwave 1 to heat it, then put it in/on cabinet 1.",
+         "go to microwave 1", "heat(mug)"),
+        ("The microwave 1 is closed. Next, I heat the mug 1 with microwave 1, then put it in/on cabinet 1.",
+         "heat mug 1 with microwave 1", "heat(mug)"),
+        ("The mug 1 is hot now. Next, I go to cabinet 1 to put it there.", "go to cabinet 1", "find(cabinet)"),
+        ("The cabinet 1 is closed. I need to open it.", "open cabinet 1", "find(cabinet)"),
+        ("In the cabinet 1, I see nothing. Next, I put the mug 1 in/on cabinet 1.", "put mug 1 in/on cabinet 1",
+         "put(cabinet)"),
+    ]
+
+
+def test_expert_searches_opens_and_closes_and_remembers():
+    env = ALFWorld.from_layout({"drawer 1": ["pen 1"], "drawer 2": ["cd 2", "cd 1"], "shelf 1": [], "desk 1": []},
+                               "put two cd in shelf", closed=["drawer 1", "drawer 2"])
+    actions = [a for _, a, _ in env.expert(0)]
+    assert actions == ["go to drawer 1", "open drawer 1", "close drawer 1", "go to drawer 2", "open drawer 2",
+                       "take cd 1 from drawer 2", "go to shelf 1", "put cd 1 in/on shelf 1",
+                       "go to drawer 2", "take cd 2 from drawer 2", "go to shelf 1", "put cd 2 in/on shelf 1"]
+
+
+def test_expert_checks_receptacles_sharing_a_spot():
+    env = ALFWorld.from_layout({"cabinet 1": [], "cabinet 2": ["kettle 1"], "stoveburner 1": []},
+                               "put a kettle in stoveburner", closed=["cabinet 1"],
+                               same_place=[["cabinet 1", "cabinet 2"]])
+    actions = [a for _, a, _ in env.expert(0)]
+    assert actions[:4] == ["go to cabinet 1", "open cabinet 1", "examine cabinet 2", "take kettle 1 from cabinet 2"]
+    assert "go to cabinet 2" not in actions
+
+
+def test_expert_recovers_from_an_agents_mistakes():
+    """DAgger-style: after random moves the expert still finishes from the current state."""
+    for scene in ("small", "full"):
+        env = ALFWorld("unseen", scene=scene, max_steps=120)
+        rng = random.Random(1)
+        for i in range(0, len(env), 3):
+            env.reset(i)
+            for _ in range(8):
+                names = list(env.layout.names)
+                here = [o for r in env.layout.at_spot.get(env.spot, ()) for o in env.contents[r]]
+                action = rng.choice([f"go to {rng.choice(names)}", f"open {rng.choice(names)}",
+                                     f"take {rng.choice(here or ['x 1'])} from {rng.choice(names)}",
+                                     f"put {env.held} in/on {rng.choice(names)}", "look", "jump"])
+                env.step(action)
+            while not env.done:
+                move = env.expert_step()
+                assert move is not None, (scene, i)
+                env.step(move[1])
+            assert env.won, (scene, i)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 5. Splits, determinism, robustness, contract
+# --------------------------------------------------------------------------------------------------------------
+def test_split_sizes_and_task_types():
+    for split, counts in ALFWORLD_SPLITS.items():
+        env = ALFWorld(split)
+        assert len(env) == sum(counts.values()) == {"train": 3553, "seen": 140, "unseen": 134}[split]
+        assert {k: [env.task_type(i) for i in range(len(env))].count(k) for k in counts} == counts
+    assert set(ALFWORLD_SPLITS["train"]) == KINDS
+    with pytest.raises(ValueError, match="seen"):
+        ALFWorld("test")
+    with pytest.raises(ValueError, match="small"):
+        ALFWorld("seen", scene="huge")
+    assert ENVS["alfworld"] is ALFWorld and ALFWorld.default_max_steps == 30
+
+
+@pytest.mark.parametrize("scene", ["small", "full"])
+def test_scene_sizes(scene):
+    lo, hi = (6, 10) if scene == "small" else (10, 30)
+    env = ALFWorld("seen", scene=scene)
+    for i in range(0, 140, 7):
+        task = env.get_task(i)
+        assert lo <= len(task.layout.names) <= hi
+        objects = [o for objs in task.contents.values() for o in objs if o != "desklamp 1"]
+        if scene == "small":
+            assert len({o.rsplit(" ", 1)[0] for o in objects}) <= 8
+            assert 3 <= sum(not o.startswith(task.obj + " ") for o in objects) <= 6
+
+
+def signature(task):
+    return task.layout.key, task.kind, task.obj, task.target, tuple(sorted(task.contents.items()))
+
+
+@pytest.mark.parametrize("scene", ["small", "full"])
+def test_splits_are_disjoint(scene):
+    train, seen, unseen = (ALFWorld(s, scene=scene) for s in ("train", "seen", "unseen"))
+    train_tasks = [train.get_task(i) for i in range(400)]
+    seen_tasks = [seen.get_task(i) for i in range(len(seen))]
+    unseen_tasks = [unseen.get_task(i) for i in range(len(unseen))]
+    # by construction: seen tasks come from the 1-in-8 hash bucket that train never uses ...
+    assert all(in_seen_bucket(t) for t in seen_tasks) and not any(in_seen_bucket(t) for t in train_tasks)
+    # ... and unseen tasks from held-out layouts (0-2 of each room) that train and seen never use
+    layout_no = lambda t: int(t.layout.key.rsplit("/", 1)[1])
+    assert all(layout_no(t) < 3 for t in unseen_tasks) and all(layout_no(t) >= 3 for t in train_tasks + seen_tasks)
+    # held-out object/target pairs appear only in unseen goals, and in about half of them
+    assert not any(heldout_pair(t.obj, t.target) for t in train_tasks + seen_tasks)
+    assert sum(heldout_pair(t.obj, t.target) for t in unseen_tasks) > 30
+    keys = [set(map(signature, ts)) for ts in (train_tasks, seen_tasks, unseen_tasks)]
+    assert not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
+
+
+def test_same_seed_same_tasks_other_seed_other_tasks():
+    a, b, c = ALFWorld("unseen", seed=0), ALFWorld("unseen", seed=0), ALFWorld("unseen", seed=1)
+    for i in range(0, 134, 5):
+        assert a.reset(i) == b.reset(i) and a.expert(i) == b.expert(i)
+        assert signature(a.get_task(i)) == signature(b.get_task(i))
+    assert sum(signature(a.get_task(i)) != signature(c.get_task(i)) for i in range(0, 134, 5)) >= 25
+    assert [a.task_type(i) for i in range(134)] != [c.task_type(i) for i in range(134)]
+    small = ALFWorld("train", seed=3, scene="small")
+    assert small.expert(1234) == ALFWorld("train", seed=3, scene="small").expert(1234)
+
+
+def test_garbage_actions_never_raise():
+    rng = random.Random(0)
+    noise = "".join(chr(rng.randrange(32, 0x2FFF)) for _ in range(10_000))
+    garbage = ["", " ", "\n", noise, "put apple 1 in cabinet 1", "GO TO FRIDGE 1", "go to", "take", "take  from ",
+               "put None in/on fridge 1", "examine", "use", "heat with", "🍎 take apple 1 from fridge 1",
+               "go to fridge 1; DROP TABLE", "open fridge 1\nclose fridge 1", "x" * 5000, "go to " + noise]
+    for scene in ("small", "full"):
+        env = ALFWorld("seen", scene=scene, max_steps=10_000)
+        env.reset(3)
+        for k, action in enumerate(garbage * 3, start=1):
+            obs, reward, done, info = env.step(action)
+            assert isinstance(obs, str) and env.t == k and reward == 0.0 and not done
+        assert obs == "Nothing happens."
+        env.reset(4)
+        names = list(env.layout.names) + ["apple 1", "desklamp 1", "mug 2"]
+        for k in range(1, 400):
+            verb = rng.choice(["go to", "open", "close", "take", "put", "heat", "cool", "clean", "use", "examine"])
+            action = f"{verb} {rng.choice(names)}" + rng.choice(["", f" from {rng.choice(names)}",
+                                                                 f" in/on {rng.choice(names)}",
+                                                                 f" with {rng.choice(names)}"])
+            obs, reward, done, info = env.step(action)
+            assert isinstance(obs, str) and isinstance(info["won"], bool)
+            if done:
+                break
+            assert env.t == k
+
+
+def test_alfworld_clone_is_independent():
+    env = ALFWorld("seen", scene="small")
+    env.reset(5)
+    trajectory = env.expert(5)
+    for _, action, _ in trajectory[:3]:
+        env.step(action)
+    twin = env.clone()
+    snapshot = (env.obs, env.t, dict(env.contents), env.held, set(env.opened), dict(env.memory), env.spot)
+    for _, action, _ in trajectory[3:]:
+        twin.step(action)
+    assert twin.won and not env.won
+    assert snapshot == (env.obs, env.t, dict(env.contents), env.held, set(env.opened), dict(env.memory), env.spot)
+    assert twin.task is env.task                 # static task data is shared, not copied
+    for _, action, _ in trajectory[3:]:
+        env.step(action)
+    assert env.won
+
+
+def test_assistant_turn_round_trips():
+    env = ALFWorld("seen", scene="small")
+    for i in range(0, 140, 10):
+        for thought, action, _ in env.expert(i):
+            assert env.parse(env.assistant_turn(thought, action)) == action
+    assert env.instruction.startswith("Interact with a household to solve a task.")
+
+
+def test_first_observation_format():
+    env = ALFWorld("unseen")
+    obs = env.reset(0)
+    assert obs.startswith("You are in the middle of a room. Looking quickly around you, you see a ")
+    assert obs.count("\n") == 1 and re.fullmatch(r".*\.\nYour task is to: [a-z ]+\.", obs, re.S)
+
+
+def test_alfworld_real_adapter_says_what_is_missing(monkeypatch, tmp_path):
+    monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path))
+    with pytest.raises(RuntimeError) as err:
+        ENVS["alfworld_real"]("seen")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("alfworld_real ")
+    assert "pip install alfworld textworld[pddl]" in message or "json_2.1.1" in message
+    with pytest.raises(ValueError):
+        ALFWorldReal("dev")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# envs.py: WebShop
+# ---------------------------------------------------------------------------------------------------------
+def _ref(name):
+    return json.loads((REFERENCE / name).read_text())
+
+
+@pytest.fixture(scope="module")
+def ws_train():
+    return envs.WebShop("train", seed=0)
+
+
+@pytest.fixture(scope="module")
+def ws_test():
+    return envs.WebShop("test", seed=0)
+
+
+# -- the reward: WebShop's own unit tests (tests/web-agent-site/engine/test_goal.py) ---------------------------
+
+@needs_reference
+def test_attribute_reward_cases():
+    for case in _ref("webshop_reward_cases.json")["get_attribute_reward"]:
+        goal = {"attributes": case["goal_attributes"]}
+        assert envs.webshop_attribute_reward(case["purchased"], goal) == (case["r_attr"], case["num_attr_matches"])
+
+
+@needs_reference
+def test_option_reward_cases():
+    for case in _ref("webshop_reward_cases.json")["get_option_reward"]:
+        assert envs.webshop_option_reward(case["purchased"], case["goal"]) == (case["r_option"], case["matches"])
+
+
+@needs_reference
+def test_type_reward_cases():
+    exact, pairs, *approximate = _ref("webshop_reward_cases.json")["get_type_reward"]
+    result = envs.webshop_type_reward(exact["purchased"], exact["goal"])
+    assert result == {k: exact[k] for k in ("r_type", "query_match", "category_match", "title_score")}
+    goal = dict(exact["goal"])
+    for category, expected in pairs["cases"]:
+        purchased = dict(exact["purchased"], product_category=category)
+        assert envs.webshop_type_reward(purchased, goal)["category_match"] is expected
+    # spaCy's noun tagging is approximated: within 0.12 of spaCy's title scores (ours 0.294/0.154/0.0 below)
+    for case in approximate:
+        score = envs.webshop_type_reward({**exact["purchased"], "name": case["purchased_name"]},
+                                       {**goal, "name": case["goal_name"]})["title_score"]
+        if "title_score" in case:
+            assert abs(score - case["title_score"]) <= 0.12, (case["goal_name"], score)
+        else:
+            assert score < case["title_score_below"]
+
+
+@needs_reference
+def test_total_reward_cases():
+    spec = _ref("webshop_reward_cases.json")["get_reward"]
+    first, *changes = spec["steps"]
+    goal, purchased = dict(first["goal"]), dict(first["purchased"])
+    total = lambda: envs.webshop_reward(purchased, goal, spec["price"], purchased["goal_options"])  # noqa: E731
+    assert total() == first["total"]
+    # step 2: the BulletPoints-as-a-string quirk: ' '.join spreads it into characters, so only 'natural
+    # ingredients' (in Description) matches -> (1 + 2 + 1) / 6
+    purchased.update(Attributes=[], Title="", BulletPoints="This shampoo has essential oils and smells like lemons",
+                     Description="Best shampoo on the market, made with natural ingredients")
+    assert total() == pytest.approx(4 / 6) and round(total(), 4) == changes[0]["total"]
+    goal["goal_options"] = {"color": "grey", "size": "XL", "amount": "pack of 12"}
+    assert total() == pytest.approx(4 / 7) and round(total(), 4) == changes[1]["total"]
+    goal["name"] = "Saireed UL Listed 2 Prong Power Cord for JBL Bar 3.1 Bar 2.1 Channel 4K Ultra HD Soundbar"
+    purchased.update(name="BRST AC Power Cord Outlet Socket Cable Plug Lead for Panasonic SC-HT830V DVD/VCR Combo "
+                          "Home Theater System", query="Query 2", product_category="a › d › e")
+    assert round(total(), 4) == changes[2]["total"]                 # r_type 0.5 (approximate title score 2/13)
+
+
+def test_normalize_color_and_fuzz():
+    # WebShop tests/web-agent-site/engine/test_normalize.py cases
+    for text, expected in [("", ""), ("black forest", "black"), ("violet lavender", "lavender"),
+                           ("steelivy fuchsia", "fuchsia"), ("123alabaster", "alabaster"), ("webshop", "webshop")]:
+        assert envs.normalize_color(text) == expected
+    # thefuzz README examples and hand-computed difflib ratios
+    assert envs.token_set_ratio("fuzzy was a bear", "fuzzy fuzzy was a bear") == 100
+    assert envs._fuzz_ratio("this is a test", "this is a test!") == 97
+    assert envs.token_set_ratio("essential oil", "essential oils") == round(100 * 26 / 27)   # 96 > 85
+    assert envs.token_set_ratio("long sleeve", "short sleeve") <= 85
+    assert envs.token_set_ratio("", "anything") == 0 and envs.token_set_ratio("!!", "??") == 0
+
+
+def test_price_upper_rule():
+    rng = random.Random(0)
+    for price in [0.5, 9.99, 10.0, 64.98, 123.4, 985.0]:
+        above = [p for p in envs.WEBSHOP_PRICE_RANGE if p > price][:4]
+        for _ in range(20):
+            u = envs.webshop_price_upper(rng, price)
+            assert u in above[1:] if len(above) >= 2 else u == 1000000
+
+
+# -- exact pages on a hand-built shop ----------------------------------------------------------------------
+
+BRANDS = ["Alpha", "Bravo", "Charlie", "Delta", "Echo", "Foxtrot", "Golf", "Hotel", "India", "Juliet", "Kilo", "Lima"]
+INSTR = ("i need sulfate free shampoo with tea tree in size 16 fl oz and lavender | mint scent, "
+         "and price lower than 30.00 dollars")
+
+
+def tiny_shop(max_steps=None):
+    """12 shampoos with identical BM25 statistics (so results come in catalogue order) and one conditioner."""
+    path = "Beauty & Personal Care › Hair Care › Shampoos"
+    products = [envs.webshop_product(f"B0AAAA{k:04d}", f"{b} Shampoo", [10.0 + k], ["sulfate free", "long lasting"],
+                                   bullets=["Gentle daily formula"], description="A shampoo.", category="beauty",
+                                   query="shampoo", product_category=path)
+                for k, b in enumerate(BRANDS[:11])]
+    products.append(envs.webshop_product(
+        "B0AAAA0011", "Lima Shampoo", [12.5, 20.0], ["sulfate free", "long lasting"],
+        options={"Size": ["8 fl oz", "16 fl oz"], "Scent": ["Lavender/Mint", "unscented"]},
+        bullets=["Gentle daily formula"], description="Made with tea tree oil.", category="beauty",
+        query="shampoo", product_category=path, price=15.0))
+    products.append(envs.webshop_product("B0AAAA0012", "Zulu Conditioner", [8.0], ["paraben free"],
+                                       query="conditioner", product_category=path))
+    goal = dict(asin="B0AAAA0011", category="beauty", query="shampoo", name="Lima Shampoo", product_category=path,
+                instruction_text=INSTR, attributes=["sulfate free", "tea tree"], price_upper=30.0,
+                goal_options={"size": "16 fl oz", "scent": "lavender | mint"}, type="shampoo",
+                expert_queries=("shampoo",))
+    return envs.WebShop.from_catalogue(products, [goal], max_steps=max_steps)
+
+
+def test_exact_pages_of_a_tiny_shop():
+    env = tiny_shop(max_steps=30)
+    assert env.reset(0) == f"WebShop [SEP] Instruction: [SEP] {INSTR} [SEP] Search"
+    head = f"Instruction: [SEP] {INSTR} [SEP] Back to Search"
+    page1 = "".join(f" [SEP] B0AAAA{k:04d} [SEP] {b} Shampoo [SEP] ${10.0 + k}" for k, b in enumerate(BRANDS[:10]))
+    obs, reward, done, info = env.step("search[Shampoo]")
+    assert obs == f"{head} [SEP] Page 1 (Total results: 12) [SEP] Next >{page1}"
+    assert (reward, done, info["won"]) == (0.0, False, False)
+    obs, *_ = env.step("click[next >]")
+    assert obs == (f"{head} [SEP] Page 2 (Total results: 12) [SEP] < Prev [SEP] Next > [SEP] B0AAAA0010 [SEP] Kilo "
+                   f"Shampoo [SEP] $20.0 [SEP] B0AAAA0011 [SEP] Lima Shampoo [SEP] $12.5 to $20.0")
+    assert env.step("click[< prev]")[0] == f"{head} [SEP] Page 1 (Total results: 12) [SEP] Next >{page1}"
+    env.step("click[Next >]")
+    item = (f"{head} [SEP] < Prev [SEP] size [SEP] 8 fl oz [SEP] 16 fl oz [SEP] scent [SEP] lavender | mint [SEP] "
+            "unscented [SEP] Lima Shampoo [SEP] Price: $12.5 to $20.0 [SEP] Rating: N.A. [SEP] Description [SEP] "
+            "Features [SEP] Reviews [SEP] Buy Now")
+    assert env.step("click[b0aaaa0011]")[0] == item
+    assert env.step("click[Description]")[0] == f"{head} [SEP] < Prev [SEP] Made with tea tree oil."
+    assert env.step("click[< prev]")[0] == item
+    assert env.step("click[features]")[0] == f"{head} [SEP] < Prev [SEP] Gentle daily formula"
+    env.step("click[< prev]")
+    assert env.step("click[reviews]")[0] == f"{head} [SEP] < Prev"
+    env.step("click[< prev]")
+    assert env.step("click[16 fl oz]")[0] == item                  # choosing an option does not change the text
+    assert env.step("click[lavender | mint]")[0] == item
+    obs, reward, done, info = env.step("click[Buy Now]")
+    assert (reward, done, info["won"], env.t) == (1.0, True, True, 14)
+    assert obs == ("Thank you for shopping with us! [SEP] Your code: [SEP] None [SEP] (Paste it in your MTurk "
+                   "interface.) [SEP] Purchased [SEP] asin [SEP] B0AAAA0011 [SEP] options [SEP] {\"scent\": "
+                   "\"lavender | mint\", \"size\": \"16 fl oz\"} [SEP] attrs [SEP] None [SEP] category [SEP] None "
+                   "[SEP] query [SEP] None [SEP] product category [SEP] None [SEP] Target [SEP] asin [SEP] options "
+                   "[SEP] attrs [SEP] price upper [SEP] instuction text [SEP] category [SEP] product category [SEP] "
+                   "query [SEP] Goal [SEP] None [SEP] Reward [SEP] Your score (min 0.0, max 1.0) [SEP] 1.0 [SEP] "
+                   "Reward Details [SEP] None")
+
+
+def test_rewards_on_the_tiny_shop():
+    env = tiny_shop()
+    # 'tea tree' only in the description, one option of two, price ok: (2 + 1 + 1) / 5
+    env.reset(0)
+    for a in ["search[shampoo]", "click[next >]", "click[B0AAAA0011]", "click[16 fl oz]", "click[buy now]"]:
+        obs, reward, done, info = env.step(a)
+    assert (reward, done, info["won"]) == (0.8, True, False)
+    assert obs.endswith("[SEP] 0.8 [SEP] Reward Details [SEP] None")
+    # a shampoo without tea tree and without options: (1 + 0 + 1) / 5
+    env.reset(0)
+    for a in ["search[shampoo]", "click[B0AAAA0000]", "click[buy now]"]:
+        obs, reward, done, info = env.step(a)
+    assert reward == pytest.approx(0.4) and "options [SEP] {} [SEP]" in obs
+
+
+def test_expert_on_the_tiny_shop():
+    env = tiny_shop()
+    assert env.expert(0) == [
+        ("I think I should search for shampoo that is sulfate free and tea tree.", "search[shampoo]", "search"),
+        ("I think none of the items on this page matches. I should check the next page.", "click[Next >]", "select"),
+        ("I think the item B0AAAA0011 matches the shampoo that is sulfate free and tea tree. I should click on it.",
+         "click[B0AAAA0011]", "select"),
+        ("I think I should select the '16 fl oz' size.", "click[16 fl oz]", "options"),
+        ("I think I should select the 'lavender | mint' scent.", "click[lavender | mint]", "options"),
+        ("I think I should click on 'Buy Now'.", "click[Buy Now]", "buy")]
+
+
+# -- action rules and robustness ----------------------------------------------------------------------------
+
+def test_invalid_clicks_leave_the_page_and_cost_a_step():
+    env = tiny_shop(max_steps=20)
+    index = env.reset(0)
+    for action in ["click[search]", "click[Search]", "click[back to search]", "click[b0aaaa0000]", "Search[shampoo]",
+                   "search[]", "search shampoo", "click shampoo"]:
+        t = env.t
+        assert env.step(action) == (index, 0.0, False, {"won": False, "steps": t + 1, "done": False})
+    results = env.step("search[shampoo]")[0]
+    for action in ["click[< prev]", "click[buy now]", "click[B0AAAA0011]", "click[description]", "click[16 fl oz]"]:
+        t = env.t
+        assert env.step(action)[:3] == (results, 0.0, False) and env.t == t + 1
+    item = env.step("click[B0AAAA0000]")[0]
+    for action in ["click[next >]", "click[b0aaaa0001]", "click[16 fl oz]", "click[search]"]:
+        assert env.step(action)[:3] == (item, 0.0, False)
+    assert env.t == 19 and not env.done
+    assert env.step("click[nothing]")[2] is True and env.t == 20   # max_steps ends the episode
+    assert env.step("click[buy now]")[:3] == (item, 0.0, True) and env.t == 20    # nothing moves after the end
+
+
+def test_search_and_back_to_search_work_from_any_page():
+    env = tiny_shop()
+    env.reset(0)
+    env.step("search[shampoo]")
+    env.step("click[B0AAAA0003]")
+    assert env.step("search[conditioner]")[0].endswith("Page 1 (Total results: 1) [SEP] Next > [SEP] B0AAAA0012 "
+                                                      "[SEP] Zulu Conditioner [SEP] $8.0")
+    assert env.step("click[back to search]")[0] == env.reset(0)
+
+
+GARBAGE = ["", " ", "\n", "x" * 10_000, "[" * 10_000, "[]" * 5_000, "]" * 10_000 + "[", "search[" + "a]" * 5000,
+           "click[]", "search[]", "click[[buy now]]", "search[[shampoo]]", "click[click[buy now]]",
+           "search[ünïcödé ☃ 商品]", "click[☃]", "search[\x00\x01]", "click[buy now", "click]buy now[",
+           "'; DROP TABLE products; --", "search[shampoo]\nclick[buy now]", "CLICK[BUY NOW]", "search[   ]"]
+
+
+def test_garbage_never_raises(ws_train):
+    rng = random.Random(0)
+    noise = "".join(chr(rng.randrange(32, 0x2FFF)) for _ in range(10_000))
+    for page_actions in [[], ["search[shampoo]"], ["search[shampoo]", "click[next >]"]]:
+        env = ws_train.clone()
+        env.reset(3)
+        for a in page_actions:
+            env.step(a)
+        for action in GARBAGE + [noise]:
+            if env.done:
+                env.reset(3)
+            t = env.t
+            obs, reward, done, info = env.step(action)
+            assert isinstance(obs, str) and env.t == t + 1 and reward == 0.0
+    env = ws_train.clone()
+    env.reset(0)
+    assert env.act("no action here")[0] == envs.WebShop.invalid_format and env.t == 1
+
+
+def test_action_parser_matches_webshop_regex():
+    pattern = re.compile(r"(.+)\[(.+)\]")
+    rng = random.Random(1)
+    for _ in range(20_000):
+        s = "".join(rng.choice("ab[]\n \r") for _ in range(rng.randint(0, 9)))
+        m = re.match(pattern, s)
+        assert envs.parse_webshop_action(s) == ((s, None) if m is None else m.groups())
+
+
+def test_webshop_clone_is_independent(ws_train):
+    env = ws_train.clone()
+    env.reset(7)
+    expert = env.expert(7)
+    for _, action, _ in expert[:2]:
+        env.step(action)
+    before = (env.obs, env.t, dict(env.options), env.page)
+    copy = env.clone()
+    for _, action, _ in expert[2:]:
+        copy.step(action)
+    copy.options["color"] = "mutated"
+    assert copy.done and copy.won
+    assert (env.obs, env.t, dict(env.options), env.page) == before and not env.done
+    assert copy.data is env.data                                    # the shop is shared, not copied
+
+
+def test_parse_round_trip(ws_train):
+    env = ws_train.clone()
+    for i in range(20):
+        for thought, action, _ in env.expert(i):
+            assert env.parse(env.assistant_turn(thought, action)) == action
+    assert env.parse("Thought: hmm\nAction: click[Buy Now]\n") == "click[Buy Now]"
+    assert env.parse("Thought: no action") is None
+    assert env.instruction == INSTRUCTIONS["webshop"]
+
+
+# -- the generated shop, the splits and the expert -----------------------------------------------------------
+
+def test_catalogue_shape(ws_train):
+    products = ws_train.data.products
+    assert 950 <= len(products) <= 1050 and len({p["asin"] for p in products}) == len(products)
+    cats = {p["category"] for p in products}
+    assert len(cats) == 10
+    for p in products:
+        assert re.fullmatch(r"B0[A-Z0-9]{8}", p["asin"])
+        assert 2 <= len(p["Attributes"]) <= 6 and len(p["options"]) <= 3
+        assert all(2 <= len(v) <= 8 and v == [x.lower() for x in v] and all("/" not in x for x in v)
+                   for v in p["options"].values())
+        assert len(p["product_category"].split(" › ")) >= 3
+        assert p["pricing"][0] <= p["price"] <= p["pricing"][-1]
+        assert re.fullmatch(r"\$\d+\.\d+( to \$\d+\.\d+)?", p["Price"])
+    assert sum(len(p["pricing"]) == 2 for p in products) > 100       # price ranges exist
+
+
+def test_splits_sizes_types_and_disjointness(ws_train, ws_test):
+    assert len(ws_train) >= 1500 and len(ws_test) == 200
+    assert {ws_train.task_type(i) for i in range(len(ws_train))} == set(envs.WEBSHOP_CATEGORIES)
+    train_texts = {g["instruction_text"] for g in ws_train.goals}
+    assert len(train_texts) == len(ws_train)
+    assert not train_texts & {g["instruction_text"] for g in ws_test.goals}
+    assert not {g["asin"] for g in ws_train.goals} & {g["asin"] for g in ws_test.goals}
+    for g in ws_test.goals:
+        assert g["instruction_text"].endswith(f", and price lower than {g['price_upper']:.2f} dollars")
+        p = ws_train.data.products[g["target"]]
+        assert set(g["attributes"]) <= set(p["Attributes"]) and set(g["goal_options"]) == set(p["options"])
+        assert all(g["goal_options"][k] in p["options"][k] for k in g["goal_options"])
+    with pytest.raises(ValueError, match="train, test"):
+        envs.WebShop("dev")
+
+
+def test_bm25_finds_the_target_with_the_experts_query(ws_test):
+    index, products = ws_test.data.index, ws_test.data.products
+    for g in ws_test.goals:
+        hits = index.search(g["expert_queries"][-1])
+        assert len(hits) <= 50 and g["target"] in hits[:20]
+    hits = index.search("sulfate free shampoo")
+    assert len(hits) == 50 and "Shampoo" in products[hits[0]]["Title"]
+    assert index.search("zzzz qqqq") == ()
+
+
+def _check_expert(env, indices):
+    labels = {"search", "select", "inspect", "options", "buy"}
+    lengths = []
+    for i in indices:
+        trajectory = env.expert(i)
+        play = env.clone()
+        play.reset(i)
+        for _, action, label in trajectory:
+            obs, reward, done, info = play.step(action)
+            assert label in labels
+        assert done and info["won"] and reward == 1.0 and len(trajectory) <= env.max_steps, (i, trajectory)
+        lengths.append(len(trajectory))
+    return lengths
+
+
+def test_expert_wins_every_test_goal(ws_test):
+    lengths = _check_expert(ws_test, range(len(ws_test)))
+    assert 4 <= sum(lengths) / len(lengths) <= 8
+
+
+def test_expert_wins_a_train_sample(ws_train):
+    lengths = _check_expert(ws_train, random.Random(0).sample(range(len(ws_train)), 300))
+    assert 4 <= sum(lengths) / len(lengths) <= 8
+
+
+def test_expert_refines_pages_and_inspects_sometimes(ws_test):
+    actions = [[a for _, a, _ in ws_test.expert(i)] for i in range(len(ws_test))]
+    assert sum("click[Next >]" in a for a in actions) >= 10
+    assert sum("click[Back to Search]" in a for a in actions) >= 10
+    assert sum("click[Description]" in a or "click[Features]" in a for a in actions) >= 30
+
+
+def test_expert_recovers_after_wrong_moves(ws_train):
+    env = ws_train.clone()
+    env.reset(11)
+    for action in ["search[something else entirely]", "click[next >]", "click[back to search]", "search[hat]"]:
+        env.step(action)
+    while not env.done:
+        env.step(env.expert_step()[1])
+    assert env.won
+
+
+def test_same_seed_same_goals_and_trajectories():
+    key = (1, 300, 60, 20)
+    first = envs.WebShop("test", seed=1, n_products=300, n_train=60, n_test=20)
+    envs.WebShopData._cache.pop(key)
+    second = envs.WebShop("test", seed=1, n_products=300, n_train=60, n_test=20)
+    assert first.data is not second.data
+    assert [p["Title"] for p in first.data.products] == [p["Title"] for p in second.data.products]
+    assert first.goals == second.goals
+    assert [first.expert(i) for i in range(20)] == [second.expert(i) for i in range(20)]
+    other = envs.WebShop("test", seed=2, n_products=300, n_train=60, n_test=20)
+    assert [g["instruction_text"] for g in other.goals] != [g["instruction_text"] for g in first.goals]
+
+
+# -- the real ETO/IPR example and the real adapter -----------------------------------------------------------
+
+@needs_reference
+def test_observations_have_the_shape_of_the_real_example(ws_test):
+    (episode,) = _ref("webshop_eto_format_example.json")
+    real = [m["content"] for m in episode]
+    assert real[0].startswith(envs.WebShop.obs_prefix + "WebShop [SEP] Instruction: [SEP] ")
+    assert "Page 1 (Total results: 50) [SEP] Next > [SEP] B0" in real[2]
+    assert (REFERENCE / "webshop_instruction.txt").read_text().strip() == INSTRUCTIONS["webshop"].strip()
+    # every real action parses the same way; the real ASIN click works lower-cased, as the env sees it
+    for turn in real[1::2]:
+        action = envs.WebShop.parse(ws_test, turn)
+        name, arg = envs.parse_webshop_action(action)
+        assert name in ("search", "click") and arg
+    env = ws_test.clone()
+    env.reset(0)
+    obs = env.obs_prefix + env.obs
+    assert re.fullmatch(r"Observation:\nWebShop \[SEP\] Instruction: \[SEP\] [^\[]+ \[SEP\] Search", obs)
+    goal = env.goal                               # an ETO-like query: type, attributes and options
+    results = env.step(f"search[{' '.join([goal['type'], *goal['attributes'], *goal['goal_options'].values()])}]")[0]
+    shape = r"Instruction: \[SEP\] [^\[]+ \[SEP\] Back to Search \[SEP\] Page 1 \(Total results: \d+\) \[SEP\] Next >"
+    shape += r"( \[SEP\] B0[A-Z0-9]{8} \[SEP\] [^\[]+ \[SEP\] \$[\d.]+( to \$[\d.]+)?){10}"
+    assert re.fullmatch(shape, results) and "Page 1 (Total results: 50) [SEP] Next > [SEP] B0" in results
+    item = env.step(f"click[{env.goal['asin'].lower()}]")[0] if env.goal["asin"] in results else None
+    if item:
+        assert re.search(r"\[SEP\] Back to Search \[SEP\] < Prev \[SEP\] .* \[SEP\] Price: \$[\d.]+( to \$[\d.]+)? "
+                         r"\[SEP\] Rating: N\.A\. \[SEP\] Description \[SEP\] Features \[SEP\] Reviews "
+                         r"\[SEP\] Buy Now$", item)
+
+
+def test_webshop_real_adapter_says_what_is_missing():
+    try:
+        import web_agent_site  # noqa: F401
+        pytest.skip("the real WebShop is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(RuntimeError) as err:
+        envs.ENVS["webshop_real"]()
+    message = str(err.value)
+    assert "\n" not in message and "princeton-nlp/WebShop" in message and "web_agent_site" in message
+
+
+# ---------------------------------------------------------------------------------------------------------
+# envs.py: InterCode-SQL
+# ---------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sql_train():
+    return envs.InterCodeSQL("train")
+
+
+@pytest.fixture(scope="module")
+def sql_test():
+    return envs.InterCodeSQL("test")
+
+
+def episode_on(env, db_name):
+    """A fresh env clone reset on the first task of a database."""
+    i = next(k for k, task in enumerate(env.tasks) if task.db.name == db_name)
+    env = env.clone()
+    env.reset(i)
+    return env
+
+
+# --- the reward (intercode sql_env.py get_reward) ------------------------------------------------------------
+
+def test_reward_known_answers():
+    rows = [(1, "a"), (2, "b"), (3, "c")]
+    assert envs.sql_reward(rows, list(rows)) == 1.0
+    assert envs.sql_reward(rows[::-1], rows) == -1.0                  # reversed order: tau = -1
+    assert envs.sql_reward([], []) == 1.0                              # both empty
+    assert envs.sql_reward("Error executing query: Unknown column 'id' in 'field list'", rows) == 0.0
+    assert envs.sql_reward(None, rows) == 0.0                          # a statement without a result set
+    assert envs.sql_reward([], rows) == 0.0                            # IoU 0 / 3
+
+
+def test_reward_partial_overlap_by_hand():
+    # {1,2,3} vs {2,3,4}: 2 common of 4 distinct -> IoU 0.5; common rows in the same order -> tau 1
+    assert envs.sql_reward([(1,), (2,), (3,)], [(2,), (3,), (4,)]) == 0.5
+    # multisets: agent {1:2, 2:1}, gold {1:1, 2:2, 3:1}: min counts 2, max counts 5 -> 0.4
+    assert envs.sql_reward([(1,), (1,), (2,)], [(1,), (2,), (2,), (3,)]) == 0.4
+    # 3 common of 4, common rows in reverse order -> -0.75
+    assert envs.sql_reward([(3,), (2,), (1,), (9,)], [(1,), (2,), (3,)]) == -0.75
+
+
+def test_reward_ties_and_single_rows_give_the_iou_alone():
+    assert envs.sql_reward([(1,), (1,)], [(1,), (1,), (1,)]) == 2 / 3    # all tied -> NaN tau, unrounded IoU
+    assert envs.sql_reward([(1,), (5,)], [(1,), (7,)]) == 1 / 3          # one common row -> NaN tau
+    assert math.isnan(envs._kendall_tau_b(["a"], ["a"]))
+    assert math.isnan(envs._kendall_tau_b(["a", "a"], ["a", "a"]))
+
+
+def test_kendall_tau_b_with_ties_by_hand():
+    # pairs: 3 concordant, 1 discordant, 1 tied only in x, 1 tied only in y -> (3-1)/sqrt(5*5) = 0.4
+    assert envs._kendall_tau_b([1, 2, 2, 3], [1, 3, 2, 2]) == pytest.approx(0.4)
+    assert envs._kendall_tau_b(list("abc"), list("cba")) == -1.0
+
+
+def test_reward_rounds_like_numpy():
+    # tau = 0.1 (as 0.0999...) times IoU 0.75 = 0.075: numpy's round gives 0.08 where Python's gives 0.07
+    agent = [(1, "v2"), (1, "v0"), (1, "v2"), (1, "v0"), (1, "v2"), (1, "v0"), (1, "v0"), (1, "v0"), (1, "v2"),
+             (1, "v2"), (1, "v2"), (1, "v0")]
+    gold = [(1, "v2"), (1, "v2"), (1, "v0"), (1, "v0"), (1, "v2"), (1, "v2"), (1, "v0"), (1, "v0"), (1, "v0")]
+    assert envs.sql_reward(agent, gold) == 0.08
+
+
+def test_reward_matches_scipy_when_available():
+    stats = pytest.importorskip("scipy.stats")
+    import random
+    rng = random.Random(0)
+    for _ in range(500):
+        pool = [(rng.randint(0, 3), f"v{rng.randint(0, 2)}") for _ in range(rng.randint(1, 6))]
+        a = [str(rng.choice(pool)) for _ in range(rng.randint(2, 10))]
+        b = list(a)
+        rng.shuffle(b)
+        expected = stats.kendalltau(a, b).statistic
+        got = envs._kendall_tau_b(a, b)
+        assert (math.isnan(expected) and math.isnan(got)) or expected == got
+
+
+# --- the MySQL face -------------------------------------------------------------------------------------------
+
+def test_show_tables_lowercase_sorted(sql_train):
+    env = episode_on(sql_train, "orchestra")
+    obs, reward, done, _ = env.step("SHOW TABLES")
+    assert obs == "[('conductor',), ('orchestra',), ('performance',)]"
+    assert (reward, done) == (0.0, False)
+    assert env.step("show tables;")[0] == obs                          # keywords are case-insensitive
+
+
+def test_desc_rows_are_mysql_six_tuples(sql_train):
+    env = episode_on(sql_train, "orchestra")
+    conductor = ("[('Conductor_ID', 'int', 'NO', 'PRI', None, 'auto_increment'), ('Name', 'text', 'YES', '', None, "
+                 "''), ('Age', 'int', 'YES', '', None, ''), ('Nationality', 'text', 'YES', '', None, ''), "
+                 "('Year_of_Work', 'int', 'YES', '', None, '')]")
+    for statement in ("DESC conductor", "DESCRIBE conductor", "SHOW COLUMNS FROM conductor", "desc `Conductor`",
+                      "DESC orchestra.conductor"):
+        assert env.step(statement)[0] == conductor, statement
+    assert "('Conductor_ID', 'int', 'YES', 'MUL', None, '')" in env.step("DESC orchestra")[0]   # a foreign key
+
+
+def test_desc_matches_the_real_icl_episode(sql_train):
+    if not REFERENCE.exists():
+        pytest.skip("../shared/reference is absent")
+    episodes = json.loads((REFERENCE / "intercode_sql_eto_format_example.json").read_text())
+    turns = [turn["content"] for turn in episodes[1]]
+    real = turns[turns.index(next(t for t in turns if "DESC conductor" in t)) + 1]
+    env = episode_on(sql_train, "orchestra")
+    env.max_steps = 100
+    assert env.act("Thought: look\nAction: \n```sql\nDESC conductor\n```")[0] == real
+    real_tables = next(t for t in turns if t.startswith("Observation: [('conductor',)"))
+    shape = re.compile(r"Observation: \[\('[a-z_0-9]+',\)(, \('[a-z_0-9]+',\))*\]")
+    assert shape.fullmatch(real_tables)
+    assert shape.fullmatch(env.act("Thought: t\nAction: \n```sql\nSHOW TABLES\n```")[0])
+
+
+def test_mysql_error_texts(sql_train):
+    env = episode_on(sql_train, "orchestra")
+    env.max_steps = 100
+    # IPR appends a newline to errors without 'Unknown' (intercode_sql_env.py parse_conduct_action)
+    assert env.step("SELECT AVG(GNP) FROM nations")[0] ==\
+        "Error executing query: Table 'orchestra.nations' doesn't exist\n"
+    assert env.step("DESC Nations")[0] == "Error executing query: Table 'orchestra.nations' doesn't exist\n"
+    assert env.step("SELECT id, Name FROM conductor")[0] ==\
+        "Error executing query: Unknown column 'id' in 'field list'"
+    assert env.step("SELECT Name FROM conductor WHERE idx = 1")[0] ==\
+        "Error executing query: Unknown column 'idx' in 'where clause'"
+    assert env.step("SELECT Name FROM conductor ORDER BY foo")[0] ==\
+        "Error executing query: Unknown column 'foo' in 'order clause'"
+    syntax = env.step("SELECT * FORM conductor")[0]
+    assert syntax == ("Error executing query: You have an error in your SQL syntax; check the manual that "
+                      "corresponds to your MySQL server version for the right syntax to use near 'FORM conductor' "
+                      "at line 1\n")
+    assert env.step("USE world_1")[0] == "Error executing query: Unknown database 'world_1'"
+    assert env.step("SELECT nope(1)")[0] == "Error executing query: FUNCTION orchestra.nope does not exist\n"
+    assert env.step("SELECT Conductor_ID FROM conductor JOIN orchestra")[0] ==\
+        "Error executing query: Column 'Conductor_ID' in field list is ambiguous\n"
+    assert env.step("SELECT 1; SELECT 2")[0] ==\
+        "Error executing query: Use multi=True when executing multiple statements\n"
+
+
+def test_results_and_the_350_character_cap(sql_train):
+    env = episode_on(sql_train, "orchestra")
+    env.max_steps = 100
+    assert env.step("SELECT Name FROM conductor WHERE Age > 1000")[0] == "[]"      # empty result set
+    full = envs._MySQLSession(env.task.db).execute("SELECT * FROM performance")
+    obs = env.step("SELECT * FROM performance")[0]
+    assert len(str(full)) > 350 and obs == str(full)[:350] + "..."
+    assert env.step("SELECT * FROM performance")[1:3] == (0.0, False)
+
+
+def test_statements_without_result_set_get_ipr_long_message(sql_train):
+    # IPR tests `"Error" in output` on None, which raises and lands in its "I don't understand" branch
+    env = episode_on(sql_train, "orchestra")
+    assert env.step("USE orchestra")[0] == envs.SQL_NOT_UNDERSTOOD
+    assert env.act("Thought: x\nAction: \n```sql\nUSE orchestra\n```")[0] == env.invalid_format
+    assert env.invalid_format.startswith("Observation: I don't understand your input.\n Your input shoud include")
+
+
+def test_text_compares_case_insensitively_and_mysql_functions(sql_train):
+    env = episode_on(sql_train, "orchestra")
+    env.max_steps = 100
+    nationality = env.task.db.tables["conductor"].values("Nationality")[0]
+    same = [env.step(f"SELECT count(*) FROM conductor WHERE Nationality = '{v}'")[0]
+            for v in (nationality, nationality.upper(), nationality.lower())]
+    assert len(set(same)) == 1 and same[0] != "[(0,)]"
+    assert env.step("SELECT CONCAT('a', 1, 'b'), IF(1 > 2, 'x', 'y'), YEAR('2015-03-04')")[0] ==\
+        "[('a1b', 'y', 2015)]"
+
+
+def test_submit_scores_the_last_query_and_shows_it_uncut(sql_train):
+    env = sql_train.clone()
+    i = next(k for k, t in enumerate(env.tasks) if len(str(t.gold_rows)) > 400)
+    env.reset(i)
+    env.step(env.tasks[i].question.gold)
+    obs, reward, done, info = env.step("submit")
+    assert (reward, done, info["won"]) == (1.0, True, True)
+    assert obs == str(env.tasks[i].gold_rows)                        # uncut, as IPR returns it on submit
+    env.reset(i)
+    env.step(env.tasks[i].question.gold)
+    env.step("SHOW TABLES")                                            # the last result is what counts
+    assert env.step("submit")[1] < 1.0
+    env.reset(i)
+    obs, reward, done, info = env.step("submit")                       # nothing ran: InterCode's None
+    assert (obs, reward, done, info["won"]) == ("None", 0.0, True, False)
+
+
+# --- the sandbox (DESIGN.md 7) -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("statement", [
+    "ATTACH DATABASE '{dir}/attached.db' AS other",
+    "PRAGMA temp_store_directory = '{dir}'",
+    "PRAGMA journal_mode = WAL",
+    "VACUUM INTO '{dir}/copy.db'",
+    "SELECT load_extension('{dir}/evil.so')",
+    "SELECT * FROM pragma_table_info('conductor')",
+    "SELECT * FROM sqlite_master",
+    "CREATE VIRTUAL TABLE v USING fts5(x)",
+])
+def test_file_and_engine_escapes_are_refused(sql_train, tmp_path, statement):
+    env = episode_on(sql_train, "orchestra")
+    obs = env.step(statement.format(dir=tmp_path))[0]
+    assert obs.startswith("Error executing query: ")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_authorizer_refuses_even_without_the_statement_filter(sql_train, tmp_path):
+    session = envs._MySQLSession(episode_on(sql_train, "orchestra").task.db)
+    for statement in (f"ATTACH DATABASE '{tmp_path}/a.db' AS a", f"VACUUM INTO '{tmp_path}/b.db'",
+                      f"PRAGMA temp_store_directory = '{tmp_path}'", "SELECT load_extension('x')",
+                      "SELECT * FROM pragma_table_info('conductor')"):
+        with pytest.raises(sqlite3.DatabaseError, match="authoriz|too many attached"):
+            session._run(statement)                                      # straight to sqlite, no MySQL filter
+    assert list(tmp_path.iterdir()) == []
+    assert session._trusted_query("PRAGMA temp_store") == [(2,)]          # temp data stays in memory
+
+
+@pytest.mark.parametrize("statement", [
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+    "SELECT count(*) FROM performance a, performance b, performance c, performance d, performance e",
+    "SELECT randomblob(100000000)",
+])
+def test_runaway_queries_become_errors_fast(sql_train, statement):
+    env = episode_on(sql_train, "orchestra")
+    start = time.perf_counter()
+    obs = env.step(statement)[0]
+    assert time.perf_counter() - start < 1.0
+    assert obs.startswith("Error executing query: ")
+
+
+def test_result_size_is_capped(sql_train):
+    env = episode_on(sql_train, "orchestra")
+    rows = env._session.execute("SELECT a.Performance_ID FROM performance a, performance b, performance c")
+    assert len(rows) == envs.SQL_MAX_ROWS
+
+
+def test_writes_do_not_survive_the_episode(sql_train):
+    env = episode_on(sql_train, "orchestra")
+    i = env.task_id
+    probes = ("SHOW TABLES", "SELECT count(*) FROM performance", "SELECT Name FROM conductor")
+    before = [env.step(q)[0] for q in probes]
+    for statement in ("DROP TABLE conductor", "DELETE FROM performance", "UPDATE orchestra SET Orchestra = 'x'",
+                      "CREATE TABLE junk (a int)", "INSERT INTO junk VALUES (1)"):
+        env.step(statement)
+    assert env.step("SHOW TABLES")[0] == "[('junk',), ('orchestra',), ('performance',)]"
+    env.reset(i)
+    assert [env.step(q)[0] for q in probes] == before
+    other = sql_train.clone()
+    other.reset(i)                                                        # and other envs never saw it
+    assert other.step("SELECT count(*) FROM performance")[0] == before[1]
+
+
+def test_clone_has_its_own_database_copy(sql_train):
+    env = episode_on(sql_train, "orchestra")
+    env.step("DELETE FROM performance")
+    copy = env.clone()
+    copy.step("DROP TABLE conductor")
+    assert env.step("SELECT count(*) FROM conductor")[0] != copy.step("SELECT count(*) FROM conductor")[0]
+    assert copy.step("SELECT count(*) FROM performance")[0] == "[(0,)]"    # the copy kept the earlier delete
+    fresh = episode_on(sql_train, "orchestra")
+    twin = fresh.clone()                                                   # before any statement (lazy copy)
+    twin.step("DELETE FROM conductor")
+    assert fresh.step("SELECT count(*) FROM conductor")[0] != "[(0,)]"
+    assert (fresh.t, twin.t) == (1, 1)
+
+
+@pytest.mark.parametrize("action", ["", "   ", "x" * 10_000, "ñandú ☃ 中文 🙂", "'; DROP TABLE x; --",
+                                    "SELECT 1; DROP TABLE conductor", "\x00", "\ud800", "SELECT ((((((((1",
+                                    "(" * 5000, "DESC", "SHOW", "Submit"])
+def test_garbage_never_raises_and_costs_a_step(sql_train, action):
+    env = episode_on(sql_train, "orchestra")
+    obs, reward, done, info = env.step(action)
+    assert isinstance(obs, str) and env.t == 1 and not done
+    obs, reward, done, info = env.act(f"Thought: hmm\nAction: \n```sql\n{action}\n```")
+    assert isinstance(obs, str) and obs.startswith("Observation: ") and env.t == 2
+    assert env.act(action)[0].startswith("Observation: ") and env.t == 3
+    assert env.step("SELECT count(*) FROM conductor")[0] != "[(0,)]"       # still intact
+
+
+# --- the agent-facing wrapper (IPR intercode_sql_env.py) --------------------------------------------------------
+
+def test_parse_rules_as_ipr(sql_train):
+    parse = sql_train.parse
+    assert parse("Thought: done\nAction: submit.") == "submit"
+    assert parse("Thought: x\nAction: \n```sql\nSELECT submit_date FROM t\n```") == "submit"   # submit anywhere
+    assert parse("Thought: x\nAction: \n```sql\nSELECT a\nFROM t\n```") == "SELECT a"          # first line only
+    assert parse("Action: ```sql\nSELECT 1\n``` and ```sql\nSELECT 2\n```") == "SELECT 1"      # first block
+    assert parse("Action: ```sql SELECT 1```") == "SELECT 1"
+    assert parse("Thought: x\nAction: SELECT 1") is None                                      # no sql block
+    assert parse("Action: \n```SQL\nSELECT 1\n```") is None                                  # the tag is `sql`
+    assert parse("Action: \n```sql\n\n```") is None                                          # empty code
+    assert parse("Thought: no action here") is None
+
+
+def test_parse_reads_the_real_icl_turns_and_instruction(sql_train):
+    if not REFERENCE.exists():
+        pytest.skip("../shared/reference is absent")
+    assert sql_train.instruction == (REFERENCE / "intercode_sql_instruction.txt").read_text()
+    episodes = json.loads((REFERENCE / "intercode_sql_eto_format_example.json").read_text())
+    actions = [sql_train.parse(turn["content"]) for episode in episodes for turn in episode
+               if turn["role"] == "assistant"]
+    assert actions == ["SELECT AVG(GNP), SUM(population) FROM nations WHERE government = 'US Territory'",
+                       "SHOW TABLES",
+                       "SELECT AVG(GNP), SUM(population) FROM country WHERE governmentform = 'US Territory'",
+                       "submit", "SHOW TABLES", "DESC conductor",
+                       "SELECT COUNT(DISTINCT Nationality) FROM conductor", "submit",
+                       "SELECT id, version_number, type_code FROM templates", "DESCRIBE templates",
+                       "SELECT Template_ID, Version_Number, Template_Type_Code FROM templates", "submit"]
+
+
+def test_unparsable_turn_gets_the_long_message_and_costs_a_step(sql_train):
+    env = episode_on(sql_train, "orchestra")
+    obs, reward, done, info = env.act("I think the answer is 3")
+    assert obs == env.invalid_format and env.t == 1 and info["invalid_format"]
+    assert "Action: submit. Remember your output should contain only one \"Action:\" part." in obs
+
+
+def test_render_action_as_in_ipr_expert_turns(sql_train):
+    assert sql_train.assistant_turn("t", "SHOW TABLES") == "Thought: t\nAction: \n```sql\nSHOW TABLES\n```"
+    assert sql_train.assistant_turn("t", "submit") == "Thought: t\nAction: submit"
+    assert sql_train.parse(sql_train.assistant_turn("t", "submit")) == "submit"
+
+
+# --- splits, tasks and the expert -----------------------------------------------------------------------------
+
+def test_splits_sizes_types_and_held_out_databases(sql_train, sql_test):
+    assert len(sql_train) >= 1000 and len(sql_test) == 200
+    train_dbs = {t.db.name for t in sql_train.tasks}
+    test_dbs = {t.db.name for t in sql_test.tasks}
+    assert len(train_dbs | test_dbs) >= 20 and not train_dbs & test_dbs
+    assert not {(t.db.name, t.question.text) for t in sql_train.tasks} &\
+        {(t.db.name, t.question.text) for t in sql_test.tasks}
+    for env in (sql_train, sql_test):
+        assert set(Counter(env.task_type(i) for i in range(len(env)))) == {"easy", "medium", "hard", "extra"}
+    with pytest.raises(ValueError, match="train, test"):
+        envs.InterCodeSQL("dev")
+    assert ENVS["intercode_sql"] is envs.InterCodeSQL
+    assert sql_train.reset(0) == sql_train.tasks[0].question.text               # the question is the first observation
+
+
+def test_every_gold_returns_rows_and_beats_its_tempting_wrong_query(sql_train, sql_test):
+    for env in (sql_train, sql_test):
+        sessions = {}
+        for task in env.tasks:
+            q = task.question
+            assert task.gold_rows and isinstance(task.gold_rows, list)
+            session = sessions.setdefault(task.db.name, envs._MySQLSession(task.db))
+            assert session.execute(q.gold) == task.gold_rows
+            if q.wrong:
+                assert envs.sql_reward(session.execute(q.wrong), task.gold_rows) < 1.0
+
+
+def test_databases_look_like_spider(sql_train):
+    for db in {t.db.name: t.db for t in sql_train.tasks}.values():
+        assert 3 <= len(db.tables) <= 6
+        for table in db.tables.values():
+            assert table.pk.endswith("_ID") and table.rows and f"{table.pk} int PRIMARY KEY" in table.create_sql()
+            for column in table.columns:                                   # text compares like MySQL's _ci
+                text = column.mysql_type == "text" or column.mysql_type.startswith("varchar")
+                assert (f"{column.name} {column.mysql_type} COLLATE NOCASE" in table.create_sql()) == text
+            for column, parent in table.fks.items():
+                assert f"FOREIGN KEY ({column}) REFERENCES {parent}({column})" in table.create_sql()
+
+
+def test_expert_wins_every_task_of_both_splits(sql_train, sql_test):
+    for env in (sql_train, sql_test):
+        lengths, labels = Counter(), Counter()
+        for i in range(len(env)):
+            trajectory = env.expert(i)
+            replay = env.clone()
+            replay.reset(i)
+            for thought, action, _ in trajectory:
+                assert replay.parse(replay.assistant_turn(thought, action)) == action      # round trip
+                obs, reward, done, info = replay.step(action)
+            assert done and info["won"] and reward == 1.0 and len(trajectory) <= env.max_steps, i
+            lengths[len(trajectory)] += 1
+            labels.update(label for _, _, label in trajectory)
+        assert set(labels) == {"explore", "query", "fix", "submit"}
+        assert min(lengths) >= 4
+
+
+def test_expert_mistakes_are_realistic_and_fixed(sql_train):
+    kinds = Counter(t.mistake[0] for t in sql_train.tasks if t.mistake)
+    assert 0.1 < sum(kinds.values()) / len(sql_train) < 0.3 and set(kinds) == {"column", "table"}
+    i = next(k for k, t in enumerate(sql_train.tasks) if t.mistake and t.mistake[0] == "column")
+    env = sql_train.clone()
+    env.reset(i)
+    steps = []
+    while not env.done:
+        thought, action, label = env.expert_step()
+        steps.append((label, action, env.step(action)[0]))
+    assert [label for label, _, _ in steps] == ["query", "fix", "fix", "submit"]
+    assert re.fullmatch(r"Error executing query: Unknown column '[\w.]+' in '[a-z ]+'", steps[0][2])
+    assert steps[1][1].startswith("DESC ")
+
+
+def test_expert_continues_from_any_state(sql_train):
+    env = sql_train.clone()
+    env.reset(3)
+    env.step("SELECT nonsense FROM nowhere")                          # an agent's wrong moves first
+    env.step("SHOW TABLES")
+    while not env.done:
+        env.step(env.expert_step()[1])
+    assert env.won
+
+
+def test_same_seed_same_tasks_and_trajectories():
+    first = envs.InterCodeSQL("test", seed=3)
+    first_data = [(t.db.name, t.question, t.gold_rows, t.mistake) for t in first.tasks]
+    first_runs = [first.expert(i) for i in range(0, 200, 9)]
+    envs._SQL_SPLIT_CACHE.clear()                                       # rebuild from scratch
+    again = envs.InterCodeSQL("test", seed=3)
+    assert [(t.db.name, t.question, t.gold_rows, t.mistake) for t in again.tasks] == first_data
+    assert [again.expert(i) for i in range(0, 200, 9)] == first_runs
+    other = envs.InterCodeSQL("test", seed=4)
+    assert [t.question.text for t in other.tasks] != [t.question.text for t in again.tasks]
+
+
+def test_real_adapter_fails_with_one_clear_line():
+    assert ENVS["intercode_sql_real"] is envs.InterCodeSQLReal
+    with pytest.raises(RuntimeError) as err:
+        envs.InterCodeSQLReal(data_path="missing.json")
+    message = str(err.value)
+    assert "\n" not in message and "intercode-bench" in message and "docker" in message.lower()
