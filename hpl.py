@@ -453,6 +453,59 @@ def sft(model, tok, demos: list[dict], cfg: Config, device) -> dict:
 # Everything in stage 1 is a rollout of pi_ref from some prefix: trajectory exploration (greedy, from the
 # start), step alternatives (greedy, after an expert prefix), losing groups (sampled, L turns after an expert
 # prefix), the Monte-Carlo estimates of Eq. (2) (sampled, to the end) and evaluation (greedy).
+def grouped_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention in which the query heads that share a key/value head (GQA) are stacked and multiplied against
+    it directly. transformers' CPU path copies every key/value head `n_rep` times (repeat_kv) when there is a
+    padding mask, which dominates the cost of decoding long conversations; the result here is the same.
+
+    query: [B, H, q, D]; key, value: [B, KV, T, D]; attention_mask: bool [B, 1, q, T] (True = visible) or None.
+    Returns [B, q, H, D], as transformers' attention functions do."""
+    B, H, q, D = query.shape
+    KV, T = key.shape[1], key.shape[2]
+    scores = (query.reshape(B, KV, H // KV * q, D) @ key.transpose(-1, -2)).view(B, KV, H // KV, q, T)
+    scores = scores * (scaling if scaling is not None else D ** -0.5)
+    if attention_mask is not None:       # finite fill: a padding query that sees nothing gets no NaN
+        scores = scores.masked_fill(~attention_mask[:, :, None], torch.finfo(scores.dtype).min)
+    probs = scores.softmax(-1).view(B, KV, H // KV * q, T)
+    return (probs @ value).view(B, H, q, D).transpose(1, 2), None
+
+
+def kv_cache():
+    """A DynamicCache whose layers write into spare room instead of concatenating at every new token."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    class RoomyLayer(DynamicLayer):
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n, new = self.get_seq_length(), key_states.shape[-2]
+            if getattr(self, "room", None) is None or n + new > self.room[0].shape[-2]:
+                shape = (*key_states.shape[:2], 2 * (n + new) + 16, key_states.shape[-1])
+                self.room = [torch.zeros(shape, dtype=key_states.dtype, device=key_states.device) for _ in "kv"]
+                if n:
+                    self.room[0][:, :, :n], self.room[1][:, :, :n] = self.keys, self.values
+            self.room[0][:, :, n:n + new], self.room[1][:, :, n:n + new] = key_states, value_states
+            self.keys, self.values = self.room[0][:, :, :n + new], self.room[1][:, :, :n + new]
+            return self.keys, self.values
+
+        def set(self, keys, values):
+            """Replace the contents (after selecting, merging or compacting rows)."""
+            self.room, self.keys, self.values = None, keys, values
+
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = RoomyLayer          # layers are created on first use
+    return cache
+
+
+def register_grouped_attention() -> str:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    AttentionInterface.register("hpl_grouped", grouped_attention)
+    AttentionMaskInterface.register("hpl_grouped", sdpa_mask)
+    return "hpl_grouped"
+
+
 @dataclass(frozen=True)
 class Job:
     task: int                      # env task index
@@ -478,9 +531,17 @@ class Rollouts:
         self.max_new = cfg.max_new_tokens or {"alfworld": 96, "webshop": 128}.get(cfg.env, 160)
         self.stats = {"episodes": 0, "env_steps": 0, "gen_tokens": 0, "prefill_tokens": 0}
 
-    @torch.no_grad()
     def run(self, jobs: list[Job], seed: int) -> list[dict]:
         """Run every job; returns one result per job, in the jobs' order."""
+        config = self.model.config
+        saved, config._attn_implementation = config._attn_implementation, register_grouped_attention()
+        try:
+            return self._run(jobs, seed)
+        finally:
+            config._attn_implementation = saved
+
+    @torch.no_grad()
+    def _run(self, jobs: list[Job], seed: int) -> list[dict]:
         pending = sorted(range(len(jobs)), key=lambda j: (-len(jobs[j].prefix), jobs[j].task), reverse=True)
         results, gen = [None] * len(jobs), torch.Generator().manual_seed(seed)
         rows, state = [], None                              # state = (cache, attn, n_real, logits)
@@ -507,7 +568,7 @@ class Rollouts:
                     keep.append(b)
                     block.append(self._next_prompt_tokens(row))
             rows = [rows[b] for b in keep]
-            state = self._forward(*self._select(state, keep)[:3], block) if rows else None
+            state = self._forward(*self._compact(self._select(state, keep))[:3], block) if rows else None
         return results
 
     def _start(self, j: int, job: Job) -> dict:
@@ -552,7 +613,6 @@ class Rollouts:
 
     def _prefill(self, rows: list[dict]):
         """One forward over the distinct prompts of new rows; each row then takes its prompt's cache."""
-        from transformers import DynamicCache
         texts = [self.tok.apply_chat_template(r["messages"], tokenize=False, add_generation_prompt=True)
                  for r in rows]
         uniq = list(dict.fromkeys(texts))
@@ -560,7 +620,7 @@ class Rollouts:
             r["fed"] = t
         ids = self.tok(uniq, add_special_tokens=False)["input_ids"]
         self.stats["prefill_tokens"] += sum(map(len, ids))
-        empty = (DynamicCache(), torch.zeros(len(uniq), 0, dtype=torch.long, device=self.device),
+        empty = (kv_cache(), torch.zeros(len(uniq), 0, dtype=torch.long, device=self.device),
                  torch.zeros(len(uniq), dtype=torch.long, device=self.device))
         state = self._forward(*empty, ids)
         return self._select(state, [uniq.index(t) for t in texts])
@@ -583,7 +643,8 @@ class Rollouts:
         """Keep (or repeat) rows of the batch state, in the given order."""
         cache, attn, n_real, logits = state
         idx = torch.tensor(keep, device=attn.device)
-        cache.batch_select_indices(idx)
+        for layer in cache.layers:
+            layer.set(layer.keys[idx], layer.values[idx])
         return cache, attn[idx], n_real[idx], logits[idx]
 
     @staticmethod
@@ -591,16 +652,26 @@ class Rollouts:
         """Stack two batch states; the shorter cache is right-padded with masked slots."""
         if a is None:
             return b
-        Ta, Tb = a[1].shape[1], b[1].shape[1]
+        T = max(a[1].shape[1], b[1].shape[1])
+        pad = lambda x: F.pad(x, (0, 0, 0, T - x.shape[-2]))            # noqa: E731  (pad the time axis)
         for la, lb in zip(a[0].layers, b[0].layers):
-            for name in ("keys", "values"):
-                x, y = getattr(la, name), getattr(lb, name)
-                T = max(x.shape[-2], y.shape[-2])
-                setattr(la, name, torch.cat([F.pad(x, (0, 0, 0, T - x.shape[-2])),
-                                             F.pad(y, (0, 0, 0, T - y.shape[-2]))], 0))
-        T = max(Ta, Tb)
-        attn = torch.cat([F.pad(a[1], (0, T - Ta)), F.pad(b[1], (0, T - Tb))], 0)
+            la.set(torch.cat([pad(la.keys), pad(lb.keys)]), torch.cat([pad(la.values), pad(lb.values)]))
+        attn = torch.cat([F.pad(a[1], (0, T - a[1].shape[1])), F.pad(b[1], (0, T - b[1].shape[1]))])
         return a[0], attn, torch.cat([a[2], b[2]]), torch.cat([a[3], b[3]])
+
+    @staticmethod
+    def _compact(state):
+        """Squeeze out the masked slots (padding) so every row's real tokens come first; positions are baked
+        into the cached keys (RoPE), so moving them is exact."""
+        cache, attn, n_real, logits = state
+        T = int(n_real.max())
+        if T >= 0.8 * attn.shape[1]:
+            return state
+        order = torch.sort(attn == 0, dim=1, stable=True).indices[:, :T]      # real slots first, in order
+        for layer in cache.layers:
+            idx = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
+            layer.set(layer.keys.gather(2, idx), layer.values.gather(2, idx))
+        return cache, attn.gather(1, order), n_real, logits
 
     def _generate_turn(self, state, rows: list[dict], gen: torch.Generator):
         """Decode one agent turn for every row, until each emits an end-of-turn token or max_new tokens."""
