@@ -3630,3 +3630,68 @@ class InterCodeSQLReal(InterCodeSQL):
 
 
 ENVS["intercode_sql_real"] = InterCodeSQLReal
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 4. For people: play a task in the terminal, or print the splits' statistics
+# ---------------------------------------------------------------------------------------------------------
+SPLITS = {"alfworld": tuple(ALFWORLD_SPLITS), "webshop": ("train", "test"), "intercode_sql": SQL_SPLITS}
+
+
+def play(env: TextEnv, task: int) -> None:
+    """Play one task: type an action (`hint` shows the expert's next move, `quit` leaves)."""
+    print(env.reset(task))
+    while not env.done:
+        try:
+            action = input(f"[step {env.t + 1}/{env.max_steps}] > ").strip()
+        except EOFError:
+            return
+        if action == "quit":
+            return
+        if action == "hint":
+            move = env.expert_step()
+            print(f"  expert ({move[2]}): Thought: {move[0]}\n  Action: {move[1]}" if move else "  (no hint)")
+            continue
+        obs, reward, done, info = env.step(action)
+        print(obs)
+    print(f"episode over: reward {env.reward:.2f}, {'won' if env.won else 'not won'} after {env.t} steps")
+
+
+def split_stats(name: str, seed: int = 0, **kw) -> str:
+    """Tasks per split and type, and the distribution of the expert's trajectory lengths."""
+    lines = []
+    for split in SPLITS[name]:
+        env = make(name, split=split, seed=seed, **kw)
+        types, lengths = Counter(), Counter()
+        for i in range(len(env)):
+            types[env.task_type(i)] += 1
+            lengths[len(env.expert(i))] += 1
+        n = sum(lengths.values())
+        mean = sum(k * v for k, v in lengths.items()) / max(1, n)
+        lines.append(f"{name} {split}: {len(env)} tasks | " + ", ".join(f"{t} {c}" for t, c in sorted(types.items())))
+        lines.append(f"  expert steps: mean {mean:.2f}, min {min(lengths)}, max {max(lengths)} | " +
+                     " ".join(f"{k}:{v}" for k, v in sorted(lengths.items())))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    import argparse
+    parser = argparse.ArgumentParser(description="Offline ALFWorld, WebShop and InterCode-SQL")
+    parser.add_argument("--env", default="alfworld", choices=sorted(SPLITS))
+    parser.add_argument("--split", default="", help="default: the first evaluation split")
+    parser.add_argument("--task", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scene", default="full", choices=("full", "small"), help="ALFWorld room size")
+    parser.add_argument("--play", action="store_true", help="play a task in the terminal")
+    parser.add_argument("--stats", action="store_true", help="tasks per split and type, expert lengths")
+    args = parser.parse_args(argv)
+    kw = {"scene": args.scene} if args.env == "alfworld" else {}
+    if args.stats:
+        print(split_stats(args.env, args.seed, **kw))
+    if args.play or not args.stats:
+        env = make(args.env, split=args.split or SPLITS[args.env][1], seed=args.seed, **kw)
+        play(env, args.task % len(env))
+
+
+if __name__ == "__main__":
+    main()
