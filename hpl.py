@@ -93,7 +93,9 @@ class Config:
     group_min_win: float = 0.8       # ... and r(G_w) >= this (HPL code)
     temperature: float = 1.0         # sampling temperature of MC rollouts and losing groups (HPL code)
     rollout_batch: int = 64          # episodes decoded together in one forward pass
-    max_new_tokens: int = 0          # tokens per agent turn; 0 = env default
+    max_new_tokens: int = 0          # tokens per agent turn; 0 = 1.25 x the longest expert turn
+    stop_loops: int = 4              # end an episode after this many steps in a row that only repeat earlier
+                                     # (action, observation) pairs (0 = never, as the paper)
     # preference optimization, Eqs. (3)-(5), (8)
     beta: float = 0.3                # DPO temperature beta (Table 4)
     lr: float = 3e-4                 # peak learning rate (paper: 3e-6 ALFWorld, 1e-6 WebShop/SQL)
@@ -115,7 +117,8 @@ PRESETS = {
     "cpu": {},                                                  # the defaults above: ~10 min on 2 CPU cores
     "paper": dict(scene="full", instruction="full", sft_tasks=3553, sft_epochs=3, sft_batch=32, sft_lr=1e-5,
                   sft_warmup=0.1, sft_hold=0.0, sft_floor=0.0, explore_tasks=0, mc_rollouts=5, step_branches=0,
-                  group_branches=0, n_neg=3, neg_tries=4, batch=32, lr=0.0, max_len=6000, rollout_batch=128),
+                  group_branches=0, n_neg=3, neg_tries=4, batch=32, lr=0.0, max_len=6000, rollout_batch=128,
+                  stop_loops=0),
     "smoke": dict(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                   intermediate_size=128, max_len=1024, sft_tasks=96, sft_epochs=1.0, sft_batch=8,
                   explore_tasks=6, mc_rollouts=2, step_branches=1, group_branches=1, n_neg=1, neg_tries=1,
@@ -404,6 +407,25 @@ def lr_factor(step: int, total: int, warmup: float, hold: float = 0.0, floor: fl
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+class Cycler:
+    """Endless batches from a list: each pass is shuffled, then cut into batches of similar length (less
+    padding), and the batches are shuffled again."""
+
+    def __init__(self, items: list, batch: int, seed: int, length=None):
+        self.items, self.batch, self.rng, self.batches = items, batch, random.Random(seed), []
+        self.lengths = [length(x) for x in items] if length else [0] * len(items)
+
+    def next(self) -> list:
+        if not self.batches:
+            order = self.rng.sample(range(len(self.items)), len(self.items))
+            window = self.batch * 32
+            for w in range(0, len(order), window):
+                chunk = sorted(order[w:w + window], key=lambda i: self.lengths[i])
+                self.batches += [chunk[k:k + self.batch] for k in range(0, len(chunk), self.batch)]
+            self.rng.shuffle(self.batches)
+        return [self.items[i] for i in self.batches.pop()]
+
+
 def bc_loss_fn(model, batch: list[tuple[list[int], list[int]]], device, norm: str) -> tuple[torch.Tensor, int]:
     """Eq. (1): negative log-likelihood of the expert's turns given everything before them.
 
@@ -424,13 +446,11 @@ def sft(model, tok, demos: list[dict], cfg: Config, device) -> dict:
     data = [render_chat(tok, d["messages"]) for d in demos]
     steps = max(1, int(cfg.sft_epochs * len(data) / cfg.sft_batch))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0, betas=(0.9, 0.95))
-    order, rng = [], random.Random(cfg.seed)
+    batches = Cycler(data, cfg.sft_batch, cfg.seed, length=lambda d: len(d[0]))
     model.train()
     t0, n_tok, loss_ema = time.time(), 0, None
     for step in range(steps):
-        if len(order) < cfg.sft_batch:
-            order += rng.sample(range(len(data)), len(data))
-        batch, order = [data[i] for i in order[:cfg.sft_batch]], order[cfg.sft_batch:]
+        batch = batches.next()
         for g in opt.param_groups:
             g["lr"] = cfg.sft_lr * lr_factor(step, steps, cfg.sft_warmup, cfg.sft_hold, cfg.sft_floor)
         loss, n = bc_loss_fn(model, batch, device, "token")
@@ -453,6 +473,12 @@ def sft(model, tok, demos: list[dict], cfg: Config, device) -> dict:
 # Everything in stage 1 is a rollout of pi_ref from some prefix: trajectory exploration (greedy, from the
 # start), step alternatives (greedy, after an expert prefix), losing groups (sampled, L turns after an expert
 # prefix), the Monte-Carlo estimates of Eq. (2) (sampled, to the end) and evaluation (greedy).
+def turn_token_budget(tok, demos: list[dict]) -> int:
+    """Tokens allowed per generated agent turn: 1.25 x the longest expert turn, plus a margin."""
+    turns = [m["content"] for d in demos[:500] for m in d["messages"][d["n_prompt"]::2]]
+    return int(1.25 * max(len(ids) for ids in tok(turns, add_special_tokens=False)["input_ids"])) + 8
+
+
 def grouped_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Attention in which the query heads that share a key/value head (GQA) are stacked and multiplied against
     it directly. transformers' CPU path copies every key/value head `n_rep` times (repeat_kv) when there is a
@@ -524,11 +550,11 @@ class Rollouts:
     one prefill.
     """
 
-    def __init__(self, model, tok, env, cfg: Config, device):
+    def __init__(self, model, tok, env, cfg: Config, device, max_new: int = 128):
         self.model, self.tok, self.env, self.cfg, self.device = model, tok, env, cfg, device
         self.eot = torch.tensor(end_of_turn_ids(tok), device=device)
         self.pad = tok.pad_token_id
-        self.max_new = cfg.max_new_tokens or {"alfworld": 96, "webshop": 128}.get(cfg.env, 160)
+        self.max_new = cfg.max_new_tokens or max_new
         self.stats = {"episodes": 0, "env_steps": 0, "gen_tokens": 0, "prefill_tokens": 0}
 
     def run(self, jobs: list[Job], seed: int) -> list[dict]:
@@ -578,19 +604,24 @@ class Rollouts:
         for turn in job.prefix:
             obs, _, _, _ = env.act(turn)
             messages += [{"role": "assistant", "content": turn}, {"role": "user", "content": obs}]
-        return {"id": j, "job": job, "env": env, "messages": messages, "n_start": len(messages), "turns": 0}
+        return {"id": j, "job": job, "env": env, "messages": messages, "n_start": len(messages), "turns": 0,
+                "seen": set(), "repeats": 0}
 
     def _step(self, row: dict, tokens: list[int], n_tokens: int) -> bool:
         """Execute a generated turn in the row's env; True when the row is finished."""
         content = self.tok.decode(tokens, skip_special_tokens=False)
         obs, _, done, _ = row["env"].act(content)
+        step = (row["env"].parse(content), obs)              # a hopeless loop only repeats earlier steps
+        row["repeats"] = row["repeats"] + 1 if step in row["seen"] else 0
+        row["seen"].add(step)
+        looping = self.cfg.stop_loops and row["repeats"] >= self.cfg.stop_loops
         row["messages"] += [{"role": "assistant", "content": content}, {"role": "user", "content": obs}]
         row["turns"] += 1
         row["fed"] += content
         self.stats["env_steps"] += 1
         self.stats["gen_tokens"] += len(tokens)
         limit = row["job"].turns and row["turns"] >= row["job"].turns
-        return done or bool(limit) or n_tokens >= self.cfg.max_len - 2 * self.max_new
+        return done or bool(limit) or bool(looping) or n_tokens >= self.cfg.max_len - 2 * self.max_new
 
     def _next_prompt_tokens(self, row: dict) -> list[int]:
         """Tokens that take the conversation from the generated turn to the next generation prompt."""
@@ -1086,33 +1117,21 @@ def level_loss(model, pairs: list[dict], cfg: Config, device) -> tuple[torch.Ten
                            "tokens": sum(map(len, ids))}
 
 
-class Cycler:
-    """Endless shuffled batches from a list (one seeded order per pass)."""
-
-    def __init__(self, items: list, batch: int, seed: int):
-        self.items, self.batch, self.rng, self.queue = items, batch, random.Random(seed), []
-
-    def next(self) -> list:
-        while len(self.queue) < min(self.batch, len(self.items)):
-            self.queue += self.rng.sample(self.items, len(self.items))
-        out, self.queue = self.queue[:self.batch], self.queue[self.batch:]
-        return out
-
-
 def train(model, levels: dict, phases: list, bc_data: list, cfg: Config, device, log_path: str) -> dict:
     """Optimise Eq. (8) phase by phase: each phase continues from the previous one's weights and has its own
     warmup + cosine schedule over `epochs` passes of its group pairs (or of the largest level when there are
     no group pairs); every step sums a batch of each level present and a batch of expert trajectories (L_BC)."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr or PAPER_LR[cfg.env], weight_decay=0.0)
     peak = opt.param_groups[0]["lr"]
-    fixed = {name: Cycler(p, cfg.batch, cfg.seed + i) for i, (name, p) in enumerate(levels.items()) if p}
-    bc = Cycler(bc_data, cfg.batch, cfg.seed + 7) if bc_data is not None else None
+    pair_len = lambda p: len(p["chosen_ids"]) + len(p["rejected_ids"])     # noqa: E731
+    fixed = {name: Cycler(p, cfg.batch, cfg.seed + i, pair_len) for i, (name, p) in enumerate(levels.items()) if p}
+    bc = Cycler(bc_data, cfg.batch, cfg.seed + 7, lambda d: len(d[0])) if bc_data is not None else None
     timings, rows = [], []
     model.train()
     for ph, group in enumerate(phases):
         iters = dict(fixed)
         if group:
-            iters["group"] = Cycler(group, cfg.batch, cfg.seed + 11 + ph)
+            iters["group"] = Cycler(group, cfg.batch, cfg.seed + 11 + ph, pair_len)
         size = max([len(group)] + [len(p) for p in levels.values()]) or len(bc_data or [])
         steps = math.ceil(cfg.epochs * size / cfg.batch)
         t0, n_tok = time.time(), 0
@@ -1157,14 +1176,14 @@ def train(model, levels: dict, phases: list, bc_data: list, cfg: Config, device,
 EVAL_SPLITS = {"alfworld": ("seen", "unseen"), "webshop": ("test",), "intercode_sql": ("test",)}
 
 
-def evaluate(model, tok, cfg: Config, device) -> dict:
+def evaluate(model, tok, cfg: Config, device, max_new: int) -> dict:
     """Greedy episodes on every evaluation split: success rate, average reward, per-task-type success."""
     model.eval()
     out = {}
     for split in EVAL_SPLITS[cfg.env]:
         env = make_env(cfg, split)
         n = len(env) if not cfg.eval_tasks else min(cfg.eval_tasks, len(env))
-        engine = Rollouts(model, tok, env, cfg, device)
+        engine = Rollouts(model, tok, env, cfg, device, max_new)
         res = engine.run([Job(i) for i in range(n)], cfg.seed)
         by_type = {}
         for i, r in enumerate(res):
@@ -1322,13 +1341,14 @@ def main(argv=None) -> dict:
 
     model, tok = stages.run("sft (pi_ref)", os.path.join(root, "pi_ref"), do_sft, load_sft)
     model.eval()
-    engine = Rollouts(model, tok, train_env, cfg, device)
+    max_new = turn_token_budget(tok, demos)
+    engine = Rollouts(model, tok, train_env, cfg, device, max_new)
 
     results_path = os.path.join(root, "results.json")
     results = json.load(open(results_path)) if os.path.exists(results_path) else {}
 
     def do_eval_ref(path):
-        res = evaluate(model, tok, cfg, device)
+        res = evaluate(model, tok, cfg, device, max_new)
         write_json(path, res)
         return res
 
@@ -1408,7 +1428,7 @@ def main(argv=None) -> dict:
         reference_logps(model, [p for v in train_levels.values() for p in v] + train_phases[-1], device)
         stages.times["reference log-probs"] = time.time() - t0
         info = train(model, train_levels, train_phases, bc_data, cfg, device, os.path.join(root, tag, "log.jsonl"))
-        res = evaluate(model, tok, cfg, device)
+        res = evaluate(model, tok, cfg, device, max_new)
         write_json(path, {"eval": res, "train": info})
         return {"eval": res, "train": info}
 
