@@ -926,8 +926,9 @@ class ALFWorld(TextEnv):
         return self._search(self.task.lamp_order, lamp, f"to find {_article(lamp)}, then use it")
 
     def _seen(self, kind, rank, skip=None) -> list:
-        """[(receptacle, object)] where the expert saw objects of a class: in search order, lowest number first."""
-        found = sorted((rank[r], -_listing_key(o)[1], r, o) for r, objs in self.memory.items() if r != skip
+        """[(receptacle, object)] where the expert saw objects of a class: in search order, then in listing order
+        (the first one a reader meets: the highest number)."""
+        found = sorted((rank[r], _listing_key(o)[1], r, o) for r, objs in self.memory.items() if r != skip
                        for o in objs if _class_of(o) == kind)
         return [(r, o) for _, _, r, o in found]
 

@@ -743,8 +743,8 @@ def test_expert_searches_opens_and_closes_and_remembers():
                                "put two cd in shelf", closed=["drawer 1", "drawer 2"])
     actions = [a for _, a, _ in env.expert(0)]
     assert actions == ["go to drawer 1", "open drawer 1", "close drawer 1", "go to drawer 2", "open drawer 2",
-                       "take cd 1 from drawer 2", "go to shelf 1", "put cd 1 in/on shelf 1",
-                       "go to drawer 2", "take cd 2 from drawer 2", "go to shelf 1", "put cd 2 in/on shelf 1"]
+                       "take cd 2 from drawer 2", "go to shelf 1", "put cd 2 in/on shelf 1",
+                       "go to drawer 2", "take cd 1 from drawer 2", "go to shelf 1", "put cd 1 in/on shelf 1"]
 
 
 def test_expert_checks_receptacles_sharing_a_spot():
