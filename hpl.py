@@ -557,6 +557,11 @@ class Rollouts:
         self.max_new = cfg.max_new_tokens or max_new
         self.stats = {"episodes": 0, "env_steps": 0, "gen_tokens": 0, "prefill_tokens": 0}
 
+    @staticmethod
+    def counter():
+        """An object with engine-like `stats`, to count the rollouts of several engines (evaluation)."""
+        return argparse.Namespace(stats={"episodes": 0, "env_steps": 0, "gen_tokens": 0, "prefill_tokens": 0})
+
     def run(self, jobs: list[Job], seed: int) -> list[dict]:
         """Run every job; returns one result per job, in the jobs' order."""
         config = self.model.config
@@ -743,6 +748,16 @@ def agent_turns(episode: dict, start: int = None) -> list[dict]:
     return episode["messages"][episode["n_start"] if start is None else start:]
 
 
+def agent_actions(env, episode: dict) -> tuple:
+    """The actions (parsed as the env's wrapper parses them) of an episode's generated turns."""
+    return tuple(env.parse(m["content"]) for m in agent_turns(episode)[::2])
+
+
+def agent_actions_text(episode: dict) -> tuple:
+    """The generated agent turns of an episode, as text (a prefix to replay)."""
+    return tuple(m["content"] for m in agent_turns(episode)[::2])
+
+
 def pair_record(level: str, task: int, prompt, chosen, rejected, **meta) -> dict:
     """One preference pair in TRL's conversational format, plus HPL's metadata."""
     return {"level": level, "task": task, "prompt": prompt, "chosen": chosen, "rejected": rejected, **meta}
@@ -793,8 +808,11 @@ def step_pairs(engine: Rollouts, demos: list[dict], cfg: Config, seed: int) -> l
             steps = sorted(rng.sample(steps, min(cfg.step_branches, len(steps))))
         branch += [(d, t) for t in steps]
     alt = engine.run([Job(demos[d]["task"], expert_prefix(demos[d], t), 0, 0.0) for d, t in branch], seed)
+    # a pair needs different first actions (else both sides start from the same state) and final rewards that
+    # differ (the filter below), so only those branch points get Monte-Carlo estimates
     keep = [k for k, ((d, t), ep) in enumerate(zip(branch, alt))
-            if agent_turns(ep)[0]["content"] != demos[d]["messages"][demos[d]["n_prompt"] + 2 * t]["content"]]
+            if agent_actions(engine.env, ep)[:1] != (demos[d]["actions"][t],)
+            and abs(demos[d]["reward"] - ep["reward"]) > cfg.traj_threshold]
     states = []
     for k in keep:                                               # value after a*_t and after a_t
         d, t = branch[k]
@@ -1008,28 +1026,28 @@ def group_pairs(engine: Rollouts, demos: list[dict], segmentations: list, cfg: C
         if cfg.group_branches:
             chosen = sorted(rng.sample(chosen, min(cfg.group_branches, len(chosen))))
         targets += [(d, groups[g]) for g in chosen]
-    # sample losing groups: n_neg * neg_tries draws per expert group, executed for L = e - s turns
+    # Eq. (2) for every expert group first: a pair needs r(G_w) >= 0.8, so only those get losing samples
+    r_win = mc_values(engine, [(demos[d]["task"], expert_prefix(demos[d], e)) for d, (s, e) in targets], cfg, seed)
+    open_groups = [k for k, r in enumerate(r_win) if r >= cfg.group_min_win]
+    # losing groups: same length L = e - s, sampled from pi_ref(.|c) at temperature 1 and executed in the env
     draws = cfg.n_neg * cfg.neg_tries
-    jobs = [Job(demos[d]["task"], expert_prefix(demos[d], s), e - s, cfg.temperature)
-            for d, (s, e) in targets for _ in range(draws)]
-    samples = engine.run(jobs, seed)
-    losers = []                                            # (target index, losing episode)
-    for k, (d, (s, e)) in enumerate(targets):
-        expert_actions = expert_prefix(demos[d], e)[s:]
-        seen = {expert_actions}
-        for ep in samples[k * draws:(k + 1) * draws]:
-            acts = tuple(m["content"] for m in agent_turns(ep)[::2])
-            if acts not in seen and sum(1 for x in losers if x[0] == k) < cfg.n_neg:
+    samples = engine.run([Job(demos[targets[k][0]]["task"], expert_prefix(demos[targets[k][0]], targets[k][1][0]),
+                              targets[k][1][1] - targets[k][1][0], cfg.temperature)
+                          for k in open_groups for _ in range(draws)], seed + 1)
+    losers = []                                                # (target index, losing episode)
+    for n, k in enumerate(open_groups):
+        d, (s, e) = targets[k]
+        seen = {tuple(demos[d]["actions"][s:e])}                # kept only if its actions differ (paper's code)
+        for ep in samples[n * draws:(n + 1) * draws]:
+            acts = agent_actions(engine.env, ep)
+            if acts not in seen and len(seen) <= cfg.n_neg:
                 seen.add(acts)
                 losers.append((k, ep))
-    # Eq. (2) for every winning group (after the expert's turns s..e-1) and every losing group
-    win_states = [(demos[d]["task"], expert_prefix(demos[d], e)) for d, (s, e) in targets]
-    lose_states = [(ep["task"], expert_prefix(demos[targets[k][0]], targets[k][1][0])
-                    + tuple(m["content"] for m in agent_turns(ep)[::2])) for k, ep in losers]
-    lose_done = [ep["done"] for _, ep in losers]
-    values = mc_values(engine, win_states + [s for s, dn in zip(lose_states, lose_done) if not dn], cfg, seed + 1)
-    r_win, rest = values[:len(win_states)], iter(values[len(win_states):])
-    r_lose = [ep["reward"] if ep["done"] else next(rest) for _, ep in losers]
+    # Eq. (2) for the losing groups; one that ended the episode already has its final reward
+    pending = [(ep["task"], expert_prefix(demos[targets[k][0]], targets[k][1][0]) + agent_actions_text(ep))
+               for k, ep in losers if not ep["done"]]
+    values = iter(mc_values(engine, pending, cfg, seed + 2))
+    r_lose = [ep["reward"] if ep["done"] else next(values) for _, ep in losers]
     pairs, n_better = [], 0
     for (k, ep), r_l in zip(losers, r_lose):
         d, (s, e) = targets[k]
@@ -1042,7 +1060,8 @@ def group_pairs(engine: Rollouts, demos: list[dict], segmentations: list, cfg: C
             rejected = agent_turns(ep)
             pairs.append(pair_record("group", demo["task"], demo["messages"][:cut], chosen, rejected,
                                      start=s, end=e, L=(len(rejected) + 1) // 2, dR=r_w - r_l))
-    stats = {"expert_groups": len(targets), "losing_groups": len(losers), "agent_better": n_better}
+    stats = {"expert_groups": len(targets), "groups_with_r_win_ok": len(open_groups), "losing_groups": len(losers),
+             "agent_better": n_better, "pairs": len(pairs)}
     return pairs, stats
 
 
@@ -1176,8 +1195,9 @@ def train(model, levels: dict, phases: list, bc_data: list, cfg: Config, device,
 EVAL_SPLITS = {"alfworld": ("seen", "unseen"), "webshop": ("test",), "intercode_sql": ("test",)}
 
 
-def evaluate(model, tok, cfg: Config, device, max_new: int) -> dict:
-    """Greedy episodes on every evaluation split: success rate, average reward, per-task-type success."""
+def evaluate(model, tok, cfg: Config, device, max_new: int, stats: dict = None) -> dict:
+    """Greedy episodes on every evaluation split: success rate, average reward, per-task-type success.
+    `stats` (optional) accumulates the rollout counters (env steps, generated tokens)."""
     model.eval()
     out = {}
     for split in EVAL_SPLITS[cfg.env]:
@@ -1193,6 +1213,9 @@ def evaluate(model, tok, cfg: Config, device, max_new: int) -> dict:
                       "n": n, "avg_turns": float(np.mean([r["turns"] for r in res])),
                       "by_type": {k: 100 * float(np.mean(v)) for k, v in sorted(by_type.items())},
                       "env_steps": engine.stats["env_steps"], "gen_tokens": engine.stats["gen_tokens"]}
+        for k, v in engine.stats.items():
+            if stats is not None:
+                stats[k] = stats.get(k, 0) + v
     return out
 
 
@@ -1223,23 +1246,39 @@ def results_table(results: dict, env: str) -> str:
 # 11. The pipeline: stages, caching, baselines (SFT, RFT, ETO, IPR) and HPL
 # ---------------------------------------------------------------------------------------------------------
 class Stages:
-    """Times each stage and reuses a finished stage's artifact when the same command runs again."""
+    """Times each stage (and the rollouts it runs), and reuses a finished stage's artifact when the same
+    command runs again (artifacts are written atomically, so an interrupted run resumes at the stage it was in)."""
 
     def __init__(self):
-        self.times = {}
+        self.times, self.notes = {}, {}
 
-    def run(self, name: str, path: str, compute, load):
+    def run(self, name: str, path: str, compute, load, engine=None):
         if os.path.exists(path):
             log(f"[{name}] reusing {path}")
             return load(path)
-        t0 = time.time()
+        log(f"[{name}] ...")
+        before, t0 = dict(engine.stats) if engine else None, time.time()
         result = compute(path)
-        self.times[name] = time.time() - t0
+        self.times[name] = dt = time.time() - t0
+        if engine:
+            steps, toks = (engine.stats[k] - before[k] for k in ("env_steps", "gen_tokens"))
+            self.notes[name] = f"{steps} env steps, {steps / dt:.0f} steps/s, {toks / dt:.0f} generated tok/s"
         return result
 
     def table(self) -> str:
-        rows = [f"{k:<28}{v:8.1f} s" for k, v in self.times.items()]
-        return "\n".join(rows + [f"{'total (this invocation)':<28}{sum(self.times.values()):8.1f} s"])
+        rows = [f"{k:<34}{v:8.1f} s   {self.notes.get(k, '')}" for k, v in self.times.items()]
+        return "\n".join(rows + [f"{'total (this invocation)':<34}{sum(self.times.values()):8.1f} s"])
+
+
+def save_model(model, tok, path: str, perf: dict) -> None:
+    """save_pretrained into a temp folder, renamed into place when complete."""
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    write_json(os.path.join(tmp, "perf.json"), perf)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
 
 
 def method_tag(cfg: Config) -> str:
@@ -1327,16 +1366,11 @@ def main(argv=None) -> dict:
         else:
             model, tok = load_pretrained(cfg.model, device)
         perf.update(sft(model, tok, demos, cfg, device))
-        tmp = path + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        write_json(os.path.join(tmp, "sft_perf.json"), perf)
-        os.replace(tmp, path)
+        save_model(model, tok, path, perf)
         return model, tok
 
     def load_sft(path):
-        perf.update(json.load(open(os.path.join(path, "sft_perf.json"))))
+        perf.update(json.load(open(os.path.join(path, "perf.json"))))
         return load_pretrained(path, device)
 
     model, tok = stages.run("sft (pi_ref)", os.path.join(root, "pi_ref"), do_sft, load_sft)
@@ -1347,13 +1381,17 @@ def main(argv=None) -> dict:
     results_path = os.path.join(root, "results.json")
     results = json.load(open(results_path)) if os.path.exists(results_path) else {}
 
-    def do_eval_ref(path):
-        res = evaluate(model, tok, cfg, device, max_new)
-        write_json(path, res)
-        return res
+    eval_counter = Rollouts.counter()
 
-    results["pi_ref (SFT)"] = stages.run("evaluate pi_ref", os.path.join(root, "eval-pi_ref.json"), do_eval_ref,
-                                         lambda p: json.load(open(p)))
+    def do_eval(name):
+        def compute(path):
+            res = evaluate(model, tok, cfg, device, max_new, eval_counter.stats)
+            write_json(path, res)
+            return res
+        return compute
+
+    results["pi_ref (SFT)"] = stages.run("evaluate pi_ref", os.path.join(root, "eval-pi_ref.json"),
+                                         do_eval("pi_ref"), lambda p: json.load(open(p)), eval_counter)
     if cfg.method == "sft":
         return finish(cfg, root, results, stages, perf, tag)
 
@@ -1374,7 +1412,7 @@ def main(argv=None) -> dict:
         return rows
 
     explored = stages.run("explore (pi_ref greedy)", os.path.join(pair_dir, "explored.jsonl"), do_explore,
-                          read_jsonl)
+                          read_jsonl, engine)
     levels = {}
     if "traj" in levels_needed or cfg.method == "rft":
         levels["traj"] = trajectory_pairs(explore, explored, cfg)
@@ -1384,7 +1422,7 @@ def main(argv=None) -> dict:
             pairs = step_pairs(engine, explore, cfg, cfg.seed + 3)
             write_jsonl(path, pairs)
             return pairs
-        levels["step"] = stages.run("step pairs", os.path.join(pair_dir, "step.jsonl"), do_step, read_jsonl)
+        levels["step"] = stages.run("step pairs", os.path.join(pair_dir, "step.jsonl"), do_step, read_jsonl, engine)
 
     phases = [[]]
     if "group" in levels_needed:
@@ -1396,7 +1434,7 @@ def main(argv=None) -> dict:
             write_jsonl(path, pairs)
             return pairs
         gpath = os.path.join(pair_dir, f"group-{cfg.segmentation}.jsonl")
-        gpairs = stages.run(f"group pairs ({cfg.segmentation})", gpath, do_group, read_jsonl)
+        gpairs = stages.run(f"group pairs ({cfg.segmentation})", gpath, do_group, read_jsonl, engine)
         Lth = tuple(int(x) for x in cfg.length_thresholds.split(",")) if cfg.length_thresholds \
             else LENGTH_THRESHOLDS[cfg.env]
         Dth = tuple(float(x) for x in cfg.gap_thresholds.split(","))
@@ -1426,16 +1464,18 @@ def main(argv=None) -> dict:
         tokenized = {id(p): q for p, q in zip(train_phases[-1], tokenize_pairs(tok, train_phases[-1]))}
         train_phases = [[tokenized[id(p)] for p in ph] for ph in train_phases]
         reference_logps(model, [p for v in train_levels.values() for p in v] + train_phases[-1], device)
-        stages.times["reference log-probs"] = time.time() - t0
-        info = train(model, train_levels, train_phases, bc_data, cfg, device, os.path.join(root, tag, "log.jsonl"))
-        res = evaluate(model, tok, cfg, device, max_new)
-        write_json(path, {"eval": res, "train": info})
-        return {"eval": res, "train": info}
+        info = {"reference_logps_s": time.time() - t0}
+        info.update(train(model, train_levels, train_phases, bc_data, cfg, device,
+                          os.path.join(root, tag, "log.jsonl")))
+        save_model(model, tok, path, info)
+        return info
 
-    trained = stages.run(f"train + evaluate ({tag})", os.path.join(root, tag, "results.json"), do_train,
-                         lambda p: json.load(open(p)))
-    results[tag] = trained["eval"]
-    perf["train"] = trained["train"]
+    perf["train"] = stages.run(f"train ({tag})", os.path.join(root, tag, "policy"), do_train,
+                               lambda p: json.load(open(os.path.join(p, "perf.json"))))
+    if f"train ({tag})" not in stages.times:        # a finished policy: evaluate the saved weights
+        model, tok = load_pretrained(os.path.join(root, tag, "policy"), device)
+    results[tag] = stages.run(f"evaluate {tag}", os.path.join(root, tag, "eval.json"), do_eval(tag),
+                              lambda p: json.load(open(p)), eval_counter)
     return finish(cfg, root, results, stages, perf, tag, levels)
 
 
@@ -1477,6 +1517,8 @@ def finish(cfg, root, results, stages, perf, tag, levels=None) -> dict:
     log(stages.table())
     if "sft_tokens_per_s" in perf:
         log(f"throughput: SFT {perf['sft_tokens_per_s']:.0f} train tok/s")
+    if "reference_logps_s" in perf.get("train", {}):
+        log(f"  reference log-probs: {perf['train']['reference_logps_s']:.1f} s")
     for ph in perf.get("train", {}).get("phases", []):
         log(f"  phase {ph['phase']}: {ph['steps']} steps, {ph['seconds']:.1f} s, {ph['tokens_per_s']:.0f} tok/s")
     return results
