@@ -9,12 +9,14 @@ Long-Horizon LLM Agents". arXiv 2510.03253, ICLR 2026. The file follows the pape
   §3.3.3  group-level pairs, Monte-Carlo group rewards, Eqs. (2), (5) -> group_pairs(), mc_estimate()      7
   §3.4    dual-layer curriculum, Eq. (9), Table 4                     -> curriculum()               section 8
   Eq. (8) L = L_BC + L_traj + L_step + L_group^(s), phase by phase    -> hpl_loss(), train()        section 9
-  §4      evaluation; the SFT, RFT, ETO and IPR baselines             -> evaluate(), run_method()   10-11
+  §4      evaluation; the SFT, RFT, ETO and IPR baselines             -> evaluate(), run()          10-11
+  §4      Tables 1-2, Figures 4-5: comparisons over seeds             -> compare()                  section 12
 
 Usage:
   python hpl.py --env alfworld                   # the whole pipeline on an embedded tiny Qwen2 (CPU, minutes)
   python hpl.py --env webshop --method eto       # a baseline: sft | rft | eto | ipr | hpl
   python hpl.py --env alfworld --segmentation fixed_k --curriculum static --no-step     # ablations
+  python hpl.py --env alfworld --compare methods --seeds 3   # Table 1's rows, mean +- std, paper beside
   python hpl.py --env alfworld --model Qwen/Qwen2.5-1.5B-Instruct --preset paper --device cuda
 Every hyperparameter is a field of `Config` below (`--help` lists them). What differs from the paper, and why,
 is listed in README.md.
@@ -81,10 +83,10 @@ class Config:
     sft_hold: float = 0.6            # hold the peak lr until this fraction, then cosine (paper: 0)
     sft_floor: float = 0.1           # final lr as a fraction of the peak (paper: 0)
     # stage 1: exploration with pi_ref (§3.3)
-    explore_tasks: int = 384         # train tasks pi_ref explores for pairs (0 = all; paper: all)
-    mc_rollouts: int = 4             # M, pi_ref rollouts per Monte-Carlo estimate, Eq. (2) (paper: 5)
-    step_branches: int = 2           # expert steps per trajectory that get an alternative action (0 = all)
-    group_branches: int = 2          # expert groups per trajectory that get losing groups (0 = all)
+    explore_tasks: int = 256         # train tasks pi_ref explores for pairs (0 = all; paper: all)
+    mc_rollouts: int = 3             # M, pi_ref rollouts per Monte-Carlo estimate, Eq. (2) (paper: 5)
+    step_branches: int = 1           # expert steps per trajectory that get an alternative action (0 = all)
+    group_branches: int = 1          # expert groups per trajectory that get losing groups (0 = all)
     n_neg: int = 2                   # losing groups wanted per expert group (paper code: 3)
     neg_tries: int = 2               # samples drawn per wanted losing group (paper code: up to 10)
     traj_threshold: float = 0.01     # trajectory pair iff |R_w - R_l| > this (ETO/HPL code)
@@ -111,6 +113,10 @@ class Config:
     entropy_percentile: float = 80   # uncertainty segmenter threshold percentile (§4.1)
     # evaluation (§4)
     eval_tasks: int = 0              # tasks per evaluation split (0 = all: ALFWorld 140 + 134, others 200)
+    eval_phases: bool = False        # also evaluate after each curriculum phase (Figure 4)
+    # experiments (§4, Tables 1-2, Figures 4-5): several runs, mean +- std over seeds, the paper's numbers beside
+    compare: str = ""                # methods | segmentation | curriculum | losses | phases ("" = one run)
+    seeds: int = 1                   # seeds per --compare experiment: seed, seed+1, ...
 
 
 PRESETS = {
@@ -157,10 +163,10 @@ def parse_config(argv=None) -> Config:
     checks = [("env", ("alfworld", "webshop", "intercode_sql")), ("method", METHODS),
               ("segmentation", ("fixed_n", "fixed_k", "uncertainty", "semantic")),
               ("curriculum", ("dual", "static", "length", "difficulty")), ("scene", ("small", "full")),
-              ("instruction", ("short", "full")), ("bc_norm", ("token", "sum"))]
+              ("instruction", ("short", "full")), ("bc_norm", ("token", "sum")), ("compare", ("",) + tuple(EXPERIMENTS))]
     for name, allowed in checks:
         if getattr(cfg, name) not in allowed:
-            raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+            raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(a for a in allowed if a)}, "
                             f"not {getattr(cfg, name)!r}")
     return cfg
 
@@ -316,13 +322,26 @@ def pad_batch(seqs: list[list[int]], pad: int = 0) -> torch.Tensor:
     return torch.tensor([s + [pad] * (width - len(s)) for s in seqs], dtype=torch.long)
 
 
-def forward_logps(model, batch_ids: list[list[int]], batch_masks: list[list[int]], device) -> torch.Tensor:
-    """Summed log-prob of each sequence's masked tokens under `model` -> Tensor[B]."""
-    ids = pad_batch(batch_ids).to(device)
-    attn = pad_batch([[1] * len(s) for s in batch_ids]).to(device)
-    mask = pad_batch(batch_masks).to(device)
-    logits = model(input_ids=ids, attention_mask=attn).logits
-    return sequence_logps(logits, ids, mask)
+def forward_logps(model, batch_ids: list[list[int]], batch_masks: list[list[int]], device,
+                  max_tokens: int = 12000) -> torch.Tensor:
+    """Summed log-prob of each sequence's masked tokens under `model` -> Tensor[B].
+
+    Sequences run in length-sorted chunks of at most `max_tokens` padded tokens, so a short sequence is never
+    padded to a long one. Right padding needs no attention mask under causal attention: a real token only sees
+    earlier tokens, which are all real, and padded positions are never scored (the mask is 0 there). Without a
+    mask, PyTorch's fused causal attention kernel runs instead of a materialised [B, H, T, T] mask."""
+    order = sorted(range(len(batch_ids)), key=lambda i: len(batch_ids[i]))
+    out, chunk = [None] * len(order), []
+    for n, i in enumerate(order):
+        chunk.append(i)
+        last = n == len(order) - 1
+        if last or (len(chunk) + 1) * len(batch_ids[order[n + 1]]) > max_tokens:
+            ids = pad_batch([batch_ids[j] for j in chunk]).to(device)
+            mask = pad_batch([batch_masks[j] for j in chunk]).to(device)
+            for j, lp in zip(chunk, sequence_logps(model(input_ids=ids).logits, ids, mask)):
+                out[j] = lp
+            chunk = []
+    return torch.stack(out)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -431,14 +450,10 @@ def bc_loss_fn(model, batch: list[tuple[list[int], list[int]]], device, norm: st
 
     norm="token": mean over the batch's agent tokens (the usual SFT normalisation, TRL's `sft` loss);
     norm="sum": summed per trajectory, averaged over trajectories (Eq. (1) literally; IPR's NLL term)."""
-    ids = pad_batch([b[0] for b in batch]).to(device)
-    attn = pad_batch([[1] * len(b[0]) for b in batch]).to(device)
-    mask = pad_batch([b[1] for b in batch]).to(device)
-    logits = model(input_ids=ids, attention_mask=attn).logits
-    logps = sequence_logps(logits, ids, mask)                                         # sum_t log pi(a*_t|...)
-    n_tokens = int(mask[:, 1:].sum())
+    logps = forward_logps(model, [b[0] for b in batch], [b[1] for b in batch], device)  # sum_t log pi(a*_t|...)
+    n_tokens = sum(sum(b[1][1:]) for b in batch)
     loss = -logps.sum() / max(1, n_tokens) if norm == "token" else -logps.mean()      # Eq. (1)
-    return loss, int(attn.sum())
+    return loss, sum(len(b[0]) for b in batch)
 
 
 def sft(model, tok, demos: list[dict], cfg: Config, device) -> dict:
@@ -1142,7 +1157,8 @@ def level_loss(model, pairs: list[dict], cfg: Config, device) -> tuple[torch.Ten
                            "tokens": sum(map(len, ids))}
 
 
-def train(model, levels: dict, phases: list, bc_data: list, cfg: Config, device, log_path: str) -> dict:
+def train(model, levels: dict, phases: list, bc_data: list, cfg: Config, device, log_path: str,
+          after_phase=None) -> dict:
     """Optimise Eq. (8) phase by phase: each phase continues from the previous one's weights and has its own
     warmup + cosine schedule over `epochs` passes of its group pairs (or of the largest level when there are
     no group pairs); every step sums a batch of each level present and a batch of expert trajectories (L_BC)."""
@@ -1190,6 +1206,10 @@ def train(model, levels: dict, phases: list, bc_data: list, cfg: Config, device,
                     f"bc {bc_loss.item():.4f} | {parts}")
         timings.append({"phase": ph + 1, "steps": steps, "seconds": time.time() - t0,
                         "tokens_per_s": n_tok / max(1e-9, time.time() - t0)})
+        if after_phase is not None and ph < len(phases) - 1:
+            model.eval()
+            after_phase(ph + 1)
+            model.train()
     write_jsonl(log_path, rows)
     model.eval()
     return {"phases": timings}
@@ -1253,14 +1273,18 @@ def results_table(results: dict, env: str) -> str:
 # ---------------------------------------------------------------------------------------------------------
 class Stages:
     """Times each stage (and the rollouts it runs), and reuses a finished stage's artifact when the same
-    command runs again (artifacts are written atomically, so an interrupted run resumes at the stage it was in)."""
+    command runs again (artifacts are written atomically, so an interrupted run resumes at the stage it was in).
+    Times are kept in the run folder, so the table also shows what reused stages took when they ran."""
 
-    def __init__(self):
-        self.times, self.notes = {}, {}
+    def __init__(self, root: str):
+        self.path = os.path.join(root, "stage_times.json")
+        self.saved = json.load(open(self.path)) if os.path.exists(self.path) else {}
+        self.times, self.notes, self.reused = {}, {}, []
 
     def run(self, name: str, path: str, compute, load, engine=None):
         if os.path.exists(path):
             log(f"[{name}] reusing {path}")
+            self.reused.append(name)
             return load(path)
         log(f"[{name}] ...")
         before, t0 = dict(engine.stats) if engine else None, time.time()
@@ -1269,11 +1293,20 @@ class Stages:
         if engine:
             steps, toks = (engine.stats[k] - before[k] for k in ("env_steps", "gen_tokens"))
             self.notes[name] = f"{steps} env steps, {steps / dt:.0f} steps/s, {toks / dt:.0f} generated tok/s"
+        self.saved[name] = {"seconds": dt, "note": self.notes.get(name, "")}
+        write_json(self.path, self.saved)
         return result
 
     def table(self) -> str:
-        rows = [f"{k:<34}{v:8.1f} s   {self.notes.get(k, '')}" for k, v in self.times.items()]
-        return "\n".join(rows + [f"{'total (this invocation)':<34}{sum(self.times.values()):8.1f} s"])
+        rows = [f"{k:<40}{v:8.1f} s   {self.notes.get(k, '')}" for k, v in self.times.items()]
+        rows.append(f"{'total (this invocation)':<40}{sum(self.times.values()):8.1f} s")
+        earlier = [k for k in self.reused if k in self.saved]
+        if earlier:
+            rows.append("reused stages, as measured when they ran:")
+            rows += [f"{k:<40}{self.saved[k]['seconds']:8.1f} s   {self.saved[k]['note']}" for k in earlier]
+            total = sum(self.saved[k]["seconds"] for k in earlier) + sum(self.times.values())
+            rows.append(f"{'total (all stages of this command)':<40}{total:8.1f} s")
+        return "\n".join(rows)
 
 
 def save_model(model, tok, path: str, perf: dict) -> None:
@@ -1287,11 +1320,22 @@ def save_model(model, tok, path: str, perf: dict) -> None:
     os.replace(tmp, path)
 
 
+# Settings of stage 2 (training and evaluation); a policy trained with non-default ones gets its own folder.
+TRAIN_FIELDS = ("beta", "lr", "batch", "epochs", "warmup", "bc_norm", "grad_clip", "length_thresholds",
+                "gap_thresholds", "fixed_n", "fixed_k", "entropy_percentile", "segmenter_model")
+
+
 def method_tag(cfg: Config) -> str:
-    if cfg.method in ("sft", "rft", "eto", "ipr"):
-        return cfg.method
-    off = "".join(f"-no_{k}" for k in ("traj", "step", "group") if getattr(cfg, f"no_{k}"))
-    return f"hpl-{cfg.segmentation}-{cfg.curriculum}{off}"
+    """The policy's folder name: method, HPL variant, and every training setting that is not the default."""
+    tag = cfg.method
+    if cfg.method == "hpl":
+        off = "".join(f"-no_{k}" for k in ("traj", "step", "group") if getattr(cfg, f"no_{k}"))
+        tag = f"hpl-{cfg.segmentation}-{cfg.curriculum}{off}"
+    base = Config(**PRESETS[cfg.preset])
+    for k in TRAIN_FIELDS:
+        if getattr(cfg, k) != getattr(base, k):
+            tag += f"-{k}{re.sub(r'[^A-Za-z0-9.,_-]', '_', str(getattr(cfg, k)))}"
+    return tag
 
 
 # Which levels of Eq. (8) each method trains (all start from the same pi_ref and use the same pairs).
@@ -1336,6 +1380,11 @@ def pick_device(name: str) -> str:
 
 def main(argv=None) -> dict:
     cfg = parse_config(argv)
+    return compare(cfg) if cfg.compare else run(cfg)
+
+
+def run(cfg: Config) -> dict:
+    """One pipeline run: SFT -> pi_ref, stage 1 pairs, Eq. (8) training, evaluation (finished stages reused)."""
     device = pick_device(cfg.device)
     if device == "cpu":
         torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
@@ -1349,7 +1398,7 @@ def main(argv=None) -> dict:
     hf_logging.disable_progress_bar()
     log(f"hpl | env {cfg.env} | method {tag} | model {cfg.model} | preset {cfg.preset} | seed {cfg.seed} | "
         f"device {device} | run folder {root}")
-    stages, perf = Stages(), {}
+    stages, perf = Stages(root), {}
     train_env = make_env(cfg, "train")
     n_sft = min(cfg.sft_tasks, len(train_env))
 
@@ -1396,7 +1445,8 @@ def main(argv=None) -> dict:
             return res
         return compute
 
-    results["pi_ref (SFT)"] = stages.run("evaluate pi_ref", os.path.join(root, "eval-pi_ref.json"),
+    n_eval = f"-n{cfg.eval_tasks}" if cfg.eval_tasks else ""      # a partial evaluation is kept apart
+    results["pi_ref (SFT)"] = stages.run("evaluate pi_ref", os.path.join(root, f"eval-pi_ref{n_eval}.json"),
                                          do_eval("pi_ref"), lambda p: json.load(open(p)), eval_counter)
     if cfg.method == "sft":
         return finish(cfg, root, results, stages, perf, tag)
@@ -1471,16 +1521,25 @@ def main(argv=None) -> dict:
         train_phases = [[tokenized[id(p)] for p in ph] for ph in train_phases]
         reference_logps(model, [p for v in train_levels.values() for p in v] + train_phases[-1], device)
         info = {"reference_logps_s": time.time() - t0}
+
+        def eval_phase(k):                                     # Figure 4: the policy after phase k
+            log(f"[evaluate {tag} after phase {k}] ...")
+            write_json(phase_path(k), evaluate(model, tok, cfg, device, max_new, eval_counter.stats))
         info.update(train(model, train_levels, train_phases, bc_data, cfg, device,
-                          os.path.join(root, tag, "log.jsonl")))
+                          os.path.join(root, tag, "log.jsonl"), eval_phase if cfg.eval_phases else None))
         save_model(model, tok, path, info)
         return info
 
-    perf["train"] = stages.run(f"train ({tag})", os.path.join(root, tag, "policy"), do_train,
+    phase_path = lambda k: os.path.join(root, tag, f"eval{n_eval}-phase{k}.json")       # noqa: E731
+    policy = os.path.join(root, tag, "policy")
+    if cfg.eval_phases and os.path.exists(policy) and not all(os.path.exists(phase_path(k))
+                                                              for k in range(1, len(phases))):
+        shutil.rmtree(policy)                   # trained without the per-phase evaluations: train again
+    perf["train"] = stages.run(f"train ({tag})", policy, do_train,
                                lambda p: json.load(open(os.path.join(p, "perf.json"))))
     if f"train ({tag})" not in stages.times:        # a finished policy: evaluate the saved weights
         model, tok = load_pretrained(os.path.join(root, tag, "policy"), device)
-    results[tag] = stages.run(f"evaluate {tag}", os.path.join(root, tag, "eval.json"), do_eval(tag),
+    results[tag] = stages.run(f"evaluate {tag}", os.path.join(root, tag, f"eval{n_eval}.json"), do_eval(tag),
                               lambda p: json.load(open(p)), eval_counter)
     return finish(cfg, root, results, stages, perf, tag, levels)
 
@@ -1529,6 +1588,135 @@ def finish(cfg, root, results, stages, perf, tag, levels=None) -> dict:
         log(f"  phase {ph['phase']}: {ph['steps']} steps, {ph['seconds']:.1f} s, {ph['tokens_per_s']:.0f} tok/s")
     return results
 
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 12. Experiments (§4): the paper's comparisons and ablations, mean +- std over seeds, the paper's numbers beside
+# ---------------------------------------------------------------------------------------------------------
+# The paper's 1.5B numbers (Table 1: 3-seed means; Table 2, Figures 4-5, Tables 6-7: single runs; Figure 5 is 7B).
+PAPER = {
+    "methods": {"sft": (60.95, 57.96, 56.56, 26.00, 56.24, 54.33), "rft": (61.19, 60.95, 57.66, 28.17, 58.08, 56.67),
+                "eto": (65.48, 66.42, 56.57, 28.00, 58.45, 57.67), "ipr": (65.24, 66.67, 57.76, 27.83, 58.26, 57.17),
+                "hpl-semantic-dual": (72.86, 74.13, 60.74, 30.00, 60.39, 58.50)},
+    "segmentation": {"hpl-fixed_n-dual": (69.52, 74.38, 60.21, 30.17, 58.75, 57.67),
+                     "hpl-fixed_k-dual": (70.48, 66.42, 58.34, 28.33, 59.69, 57.17),
+                     "hpl-uncertainty-dual": (74.53, 64.18, 58.75, 27.83, 59.11, 57.33),
+                     "hpl-semantic-dual": (72.86, 74.13, 60.74, 30.00, 60.39, 58.50)},
+    "curriculum": {"hpl-semantic-dual": (71.43, 72.39, 59.99, 30.00, 60.08, 58.50),
+                   "hpl-semantic-static": (68.57, 71.64, 58.80, 29.00, 59.45, 58.00),
+                   "hpl-semantic-length": (69.29, 72.39, 58.06, 28.50, 59.39, 57.50),
+                   "hpl-semantic-difficulty": (71.43, 70.71, 58.83, 30.00, 60.50, 58.00)},
+    "losses": {"hpl-semantic-dual": (83.57, 86.57, 62.56, None, 70.63, None),
+               "hpl-semantic-dual-no_traj": (79.29, 82.09, 62.14, None, 68.70, None),
+               "hpl-semantic-dual-no_step": (80.71, 83.58, 61.95, None, 69.39, None),
+               "hpl-semantic-dual-no_group": (72.86, 77.61, 61.90, None, 69.19, None)},
+    "phases": {"phase 1": (69.29, 63.43), "phase 2": (70.71, 64.18), "phase 3": (71.43, 72.39)},
+}
+PAPER_COLUMNS = {"alfworld": (0, 1), "webshop": (2, 3), "intercode_sql": (4, 5)}
+# each experiment: the runs it needs, as Config overrides (all from the same pi_ref and the same stage 1 data)
+EXPERIMENTS = {
+    "methods": [dict(method=m) for m in ("sft", "rft", "eto", "ipr", "hpl")],
+    "segmentation": [dict(segmentation=s) for s in ("fixed_n", "fixed_k", "uncertainty", "semantic")],
+    "curriculum": [dict(curriculum=c) for c in ("dual", "static", "length", "difficulty")],
+    "losses": [{}, dict(no_traj=True), dict(no_step=True), dict(no_group=True)],
+    "phases": [dict(eval_phases=True)],
+}
+
+
+def split_scores(res: dict, env: str) -> tuple:
+    """The two numbers of Table 1 for one env: ALFWorld seen/unseen success; WebShop/SQL reward/success."""
+    return (res["seen"]["success"], res["unseen"]["success"]) if env == "alfworld" else \
+        (res["test"]["reward"], res["test"]["success"])
+
+
+def mean_std(values: list) -> str:
+    return f"{np.mean(values):.2f} +- {np.std(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
+
+
+def compare(cfg: Config) -> dict:
+    """Run (or reuse) every run an experiment needs for `seeds` seeds; print and write the paper-style tables."""
+    rows, by_type, t0 = {}, {}, time.time()              # rows[name] = [(col1, col2) per seed]
+    for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+        done = set()                                      # pi_ref is shared by all runs of a seed: one row
+        for over in EXPERIMENTS[cfg.compare]:
+            one = dataclasses.replace(cfg, compare="", seeds=1, seed=seed, out=cfg.out and f"{cfg.out}-seed{seed}",
+                                      **over)
+            results, tag = run(one), method_tag(one)
+            named = {"sft" if k == "pi_ref (SFT)" else k: v for k, v in results.items()}
+            if cfg.compare == "phases":
+                root, n_eval = run_dir(one), f"-n{one.eval_tasks}" if one.eval_tasks else ""
+                files = sorted(f for f in os.listdir(os.path.join(root, tag))
+                               if re.fullmatch(rf"eval{n_eval}-phase\d\.json", f))
+                named = {f"phase {k + 1}": json.load(open(os.path.join(root, tag, f))) for k, f in enumerate(files)}
+                named[f"phase {len(files) + 1}"] = results[tag]
+            for name in (["sft", tag] if cfg.compare != "phases" else list(named)):
+                if name in done:
+                    continue
+                done.add(name)
+                rows.setdefault(name, []).append(split_scores(named[name], cfg.env))
+                if cfg.env == "alfworld":
+                    by_type.setdefault(name, []).append(named[name]["unseen"]["by_type"])
+    minutes = (time.time() - t0) / 60
+    text = experiment_tables(cfg, rows, by_type, minutes)
+    log("\n" + text)
+    os.makedirs("results", exist_ok=True)
+    name = f"results/{cfg.env}-{cfg.compare}.md"
+    with open(name + ".tmp", "w") as f:
+        f.write(text + "\n")
+    os.replace(name + ".tmp", name)
+    write_json(f"results/{cfg.env}-{cfg.compare}.json", {"rows": rows, "by_type": by_type, "minutes": minutes})
+    plot_experiment(cfg, rows, by_type)
+    log(f"wrote {name} ({minutes:.1f} min)")
+    return rows
+
+
+def experiment_tables(cfg: Config, rows: dict, by_type: dict, minutes: float) -> str:
+    """Markdown tables in the paper's layout: our mean +- std beside the paper's 1.5B numbers."""
+    cols = ("seen", "unseen") if cfg.env == "alfworld" else ("avg reward", "success")
+    paper, pc = PAPER[cfg.compare], PAPER_COLUMNS[cfg.env]
+    source = {"methods": "Table 1", "segmentation": "Table 1", "curriculum": "Table 2 (1 run)",
+              "losses": "Figure 5 (7B, 1 run)", "phases": "Figure 4 (1 run)"}[cfg.compare]
+    lines = [f"## {cfg.env}: --compare {cfg.compare} ({cfg.seeds} seed(s), {minutes:.1f} min on this machine)", "",
+             "| run | " + " | ".join(f"{c} (ours)" for c in cols) + " | " +
+             " | ".join(f"{c} (paper, {source})" for c in cols) + " |", "|---" * (1 + 2 * len(cols)) + "|"]
+    for name, vals in rows.items():
+        ref = paper.get(name)
+        theirs = [ref[i] if ref and i < len(ref) and ref[i] is not None else None for i in pc] \
+            if cfg.compare != "phases" else list(ref) if ref and cfg.env == "alfworld" else [None, None]
+        lines.append(f"| {name} | " + " | ".join(mean_std([v[c] for v in vals]) for c in range(len(cols))) + " | " +
+                     " | ".join("-" if x is None else f"{x:.2f}" for x in theirs) + " |")
+    if by_type:
+        types = sorted(next(iter(by_type.values()))[0])
+        lines += ["", "ALFWorld unseen success by task type (ours; Tables 6-7 / Figure 4 layout):", "",
+                  "| run | " + " | ".join(types) + " |", "|---" * (1 + len(types)) + "|"]
+        for name, per_seed in by_type.items():
+            lines.append(f"| {name} | " + " | ".join(mean_std([d.get(t, 0.0) for d in per_seed]) for t in types) + " |")
+    return "\n".join(lines)
+
+
+def plot_experiment(cfg: Config, rows: dict, by_type: dict) -> None:
+    """Bars in the style of Figures 4-5, when matplotlib is installed (it is optional)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib not installed: no PNG figure (the markdown table has the numbers)")
+        return
+    cols = ("seen", "unseen") if cfg.env == "alfworld" else ("avg reward", "success")
+    names = list(rows)
+    fig, ax = plt.subplots(figsize=(1.4 + 1.1 * len(names), 3.2))
+    for c, col in enumerate(cols):
+        means = [np.mean([v[c] for v in rows[n]]) for n in names]
+        stds = [np.std([v[c] for v in rows[n]]) for n in names]
+        ax.bar(np.arange(len(names)) + (c - 0.5) * 0.4, means, 0.4, yerr=stds, label=col)
+    ax.set_xticks(np.arange(len(names)), names, rotation=20, ha="right", fontsize=7)
+    ax.set_ylabel("%")
+    ax.set_title(f"{cfg.env}: {cfg.compare}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(f"results/{cfg.env}-{cfg.compare}.png", dpi=120)
+    plt.close(fig)
 
 if __name__ == "__main__":
     try:

@@ -407,6 +407,28 @@ def test_smoke_run_writes_results_and_is_reproducible(tmp_path):
     assert again.returncode == 0 and "reusing" in again.stdout
     assert json.loads((tmp_path / "a" / "results.json").read_text()) == outs[0]
 
+def test_policy_folder_names_carry_non_default_training_settings():
+    cfg = hpl.parse_config(["--env", "alfworld"])
+    assert hpl.method_tag(cfg) == "hpl-semantic-dual"
+    assert hpl.method_tag(hpl.parse_config(["--method", "eto"])) == "eto"
+    assert hpl.method_tag(hpl.parse_config(["--no-group", "--segmentation", "fixed_k"])) == "hpl-fixed_k-dual-no_group"
+    # a policy trained with another lr or beta never reuses the default one's folder
+    assert hpl.method_tag(hpl.parse_config(["--lr", "1e-4", "--beta", "0.1"])) == "hpl-semantic-dual-beta0.1-lr0.0001"
+
+
+def test_experiment_table_has_mean_std_and_the_papers_numbers():
+    cfg = hpl.parse_config(["--env", "alfworld", "--compare", "methods", "--seeds", "2"])
+    rows = {"sft": [(20.0, 30.0), (22.0, 34.0)], "eto": [(25.0, 35.0), (25.0, 37.0)]}
+    by_type = {"sft": [{"pick": 50.0}, {"pick": 60.0}], "eto": [{"pick": 40.0}, {"pick": 40.0}]}
+    text = hpl.experiment_tables(cfg, rows, by_type, 1.0)
+    assert "| sft | 21.00 +- 1.00 | 32.00 +- 2.00 | 60.95 | 57.96 |" in text        # Table 1, 1.5B SFT
+    assert "| eto | 25.00 +- 0.00 | 36.00 +- 1.00 | 65.48 | 66.42 |" in text
+    assert "| sft | 55.00 +- 5.00 |" in text and "| eto | 40.00 +- 0.00 |" in text
+    ws = hpl.experiment_tables(hpl.parse_config(["--env", "webshop", "--compare", "methods"]),
+                               {"ipr": [(50.0, 20.0)]}, {}, 1.0)
+    assert "| ipr | 50.00 | 20.00 | 57.76 | 27.83 |" in ws                                # WebShop columns
+
+
 # ---------------------------------------------------------------------------------------------------------
 # envs.py: ALFWorld
 # ---------------------------------------------------------------------------------------------------------
