@@ -13,7 +13,7 @@ Long-Horizon LLM Agents". arXiv 2510.03253, ICLR 2026. The file follows the pape
   §4      Tables 1-2, Figures 4-5: comparisons over seeds             -> compare()                  section 12
 
 Usage:
-  python hpl.py --env alfworld                   # the whole pipeline on an embedded tiny Qwen2 (CPU, minutes)
+  python hpl.py --env alfworld                   # the whole pipeline on an embedded tiny Qwen2 (CPU only)
   python hpl.py --env webshop --method eto       # a baseline: sft | rft | eto | ipr | hpl
   python hpl.py --env alfworld --segmentation fixed_k --curriculum static --no-step     # ablations
   python hpl.py --env alfworld --compare methods --seeds 3   # Table 1's rows, mean +- std, paper beside
@@ -100,7 +100,7 @@ class Config:
                                      # (action, observation) pairs (0 = never, as the paper)
     # preference optimization, Eqs. (3)-(5), (8)
     beta: float = 0.3                # DPO temperature beta (Table 4)
-    lr: float = 3e-4                 # peak learning rate (paper: 3e-6 ALFWorld, 1e-6 WebShop/SQL)
+    lr: float = 1e-5                 # peak learning rate (paper: 3e-6 ALFWorld, 1e-6 WebShop/SQL; 1e-4 hurt here)
     batch: int = 8                   # pairs per level per step, and expert trajectories for L_BC (paper: 32)
     epochs: float = 1.0              # passes over each phase's group pairs (Table 4: 1)
     warmup: float = 0.1              # warmup fraction of each phase's cosine schedule (Table 4)
@@ -120,7 +120,7 @@ class Config:
 
 
 PRESETS = {
-    "cpu": {},                                                  # the defaults above: ~10 min on 2 CPU cores
+    "cpu": {},                                  # the defaults above: ~55 min on 2 CPU cores (README, Results)
     "paper": dict(scene="full", instruction="full", sft_tasks=3553, sft_epochs=3, sft_batch=32, sft_lr=1e-5,
                   sft_warmup=0.1, sft_hold=0.0, sft_floor=0.0, explore_tasks=0, mc_rollouts=5, step_branches=0,
                   group_branches=0, n_neg=3, neg_tries=4, batch=32, lr=0.0, max_len=6000, rollout_batch=128,
