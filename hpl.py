@@ -1639,8 +1639,8 @@ def compare(cfg: Config) -> dict:
     for seed in range(cfg.seed, cfg.seed + cfg.seeds):
         done = set()                                      # pi_ref is shared by all runs of a seed: one row
         for over in EXPERIMENTS[cfg.compare]:
-            one = dataclasses.replace(cfg, compare="", seeds=1, seed=seed, out=cfg.out and f"{cfg.out}-seed{seed}",
-                                      **over)
+            out = cfg.out if seed == cfg.seed or not cfg.out else f"{cfg.out}-seed{seed}"   # --out: first seed's
+            one = dataclasses.replace(cfg, compare="", seeds=1, seed=seed, out=out, **over)
             results, tag = run(one), method_tag(one)
             named = {"sft" if k == "pi_ref (SFT)" else k: v for k, v in results.items()}
             if cfg.compare == "phases":
