@@ -182,20 +182,20 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def write_json(path: str, obj) -> None:
+def write_text(path: str, text: str) -> None:
     """Atomic write: a temp file renamed into place, so an interrupted run never leaves half a file."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
+        f.write(text)
     os.replace(tmp, path)
+
+
+def write_json(path: str, obj) -> None:
+    write_text(path, json.dumps(obj, indent=1))
 
 
 def write_jsonl(path: str, rows) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
+    write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def read_jsonl(path: str) -> list:
@@ -570,7 +570,7 @@ class Rollouts:
         self.eot = torch.tensor(end_of_turn_ids(tok), device=device)
         self.pad = tok.pad_token_id
         self.max_new = cfg.max_new_tokens or max_new
-        self.stats = {"episodes": 0, "env_steps": 0, "gen_tokens": 0, "prefill_tokens": 0}
+        self.stats = self.counter().stats
 
     @staticmethod
     def counter():
@@ -1239,10 +1239,15 @@ def evaluate(model, tok, cfg: Config, device, max_new: int, stats: dict = None) 
                       "n": n, "avg_turns": float(np.mean([r["turns"] for r in res])),
                       "by_type": {k: 100 * float(np.mean(v)) for k, v in sorted(by_type.items())},
                       "env_steps": engine.stats["env_steps"], "gen_tokens": engine.stats["gen_tokens"]}
-        for k, v in engine.stats.items():
-            if stats is not None:
+        if stats is not None:
+            for k, v in engine.stats.items():
                 stats[k] = stats.get(k, 0) + v
     return out
+
+
+def eval_file(cfg: Config, stem: str = "eval", phase: int = 0) -> str:
+    """File name of an evaluation; a partial one (--eval-tasks N) is kept apart, and so is each phase's."""
+    return stem + (f"-n{cfg.eval_tasks}" if cfg.eval_tasks else "") + (f"-phase{phase}" if phase else "") + ".json"
 
 
 def make_env(cfg: Config, split: str):
@@ -1438,16 +1443,13 @@ def run(cfg: Config) -> dict:
 
     eval_counter = Rollouts.counter()
 
-    def do_eval(name):
-        def compute(path):
-            res = evaluate(model, tok, cfg, device, max_new, eval_counter.stats)
-            write_json(path, res)
-            return res
-        return compute
+    def do_eval(path):
+        res = evaluate(model, tok, cfg, device, max_new, eval_counter.stats)
+        write_json(path, res)
+        return res
 
-    n_eval = f"-n{cfg.eval_tasks}" if cfg.eval_tasks else ""      # a partial evaluation is kept apart
-    results["pi_ref (SFT)"] = stages.run("evaluate pi_ref", os.path.join(root, f"eval-pi_ref{n_eval}.json"),
-                                         do_eval("pi_ref"), lambda p: json.load(open(p)), eval_counter)
+    results["pi_ref (SFT)"] = stages.run("evaluate pi_ref", os.path.join(root, eval_file(cfg, "eval-pi_ref")),
+                                         do_eval, lambda p: json.load(open(p)), eval_counter)
     if cfg.method == "sft":
         return finish(cfg, root, results, stages, perf, tag)
 
@@ -1530,7 +1532,7 @@ def run(cfg: Config) -> dict:
         save_model(model, tok, path, info)
         return info
 
-    phase_path = lambda k: os.path.join(root, tag, f"eval{n_eval}-phase{k}.json")       # noqa: E731
+    phase_path = lambda k: os.path.join(root, tag, eval_file(cfg, phase=k))       # noqa: E731
     policy = os.path.join(root, tag, "policy")
     if cfg.eval_phases and os.path.exists(policy) and not all(os.path.exists(phase_path(k))
                                                               for k in range(1, len(phases))):
@@ -1538,8 +1540,8 @@ def run(cfg: Config) -> dict:
     perf["train"] = stages.run(f"train ({tag})", policy, do_train,
                                lambda p: json.load(open(os.path.join(p, "perf.json"))))
     if f"train ({tag})" not in stages.times:        # a finished policy: evaluate the saved weights
-        model, tok = load_pretrained(os.path.join(root, tag, "policy"), device)
-    results[tag] = stages.run(f"evaluate {tag}", os.path.join(root, tag, f"eval{n_eval}.json"), do_eval(tag),
+        model, tok = load_pretrained(policy, device)
+    results[tag] = stages.run(f"evaluate {tag}", os.path.join(root, tag, eval_file(cfg)), do_eval,
                               lambda p: json.load(open(p)), eval_counter)
     return finish(cfg, root, results, stages, perf, tag, levels)
 
@@ -1589,7 +1591,6 @@ def finish(cfg, root, results, stages, perf, tag, levels=None) -> dict:
     return results
 
 
-
 # ---------------------------------------------------------------------------------------------------------
 # 12. Experiments (§4): the paper's comparisons and ablations, mean +- std over seeds, the paper's numbers beside
 # ---------------------------------------------------------------------------------------------------------
@@ -1623,6 +1624,10 @@ EXPERIMENTS = {
 }
 
 
+def score_columns(env: str) -> tuple:
+    return ("seen", "unseen") if env == "alfworld" else ("avg reward", "success")
+
+
 def split_scores(res: dict, env: str) -> tuple:
     """The two numbers of Table 1 for one env: ALFWorld seen/unseen success; WebShop/SQL reward/success."""
     return (res["seen"]["success"], res["unseen"]["success"]) if env == "alfworld" else \
@@ -1644,11 +1649,10 @@ def compare(cfg: Config) -> dict:
             results, tag = run(one), method_tag(one)
             named = {"sft" if k == "pi_ref (SFT)" else k: v for k, v in results.items()}
             if cfg.compare == "phases":
-                root, n_eval = run_dir(one), f"-n{one.eval_tasks}" if one.eval_tasks else ""
-                files = sorted(f for f in os.listdir(os.path.join(root, tag))
-                               if re.fullmatch(rf"eval{n_eval}-phase\d\.json", f))
-                named = {f"phase {k + 1}": json.load(open(os.path.join(root, tag, f))) for k, f in enumerate(files)}
-                named[f"phase {len(files) + 1}"] = results[tag]
+                paths = [os.path.join(run_dir(one), tag, eval_file(one, phase=k))
+                         for k in range(1, len(PHASES[one.curriculum]))]          # the last phase is eval.json
+                named = {f"phase {k}": json.load(open(p)) for k, p in enumerate(paths, 1) if os.path.exists(p)}
+                named[f"phase {len(named) + 1}"] = results[tag]
             for name in (["sft", tag] if cfg.compare != "phases" else list(named)):
                 if name in done:
                     continue
@@ -1661,9 +1665,7 @@ def compare(cfg: Config) -> dict:
     log("\n" + text)
     os.makedirs("results", exist_ok=True)
     name = f"results/{cfg.env}-{cfg.compare}.md"
-    with open(name + ".tmp", "w") as f:
-        f.write(text + "\n")
-    os.replace(name + ".tmp", name)
+    write_text(name, text + "\n")
     write_json(f"results/{cfg.env}-{cfg.compare}.json", {"rows": rows, "by_type": by_type, "minutes": minutes})
     plot_experiment(cfg, rows, by_type)
     log(f"wrote {name} ({minutes:.1f} min)")
@@ -1672,7 +1674,7 @@ def compare(cfg: Config) -> dict:
 
 def experiment_tables(cfg: Config, rows: dict, by_type: dict, minutes: float) -> str:
     """Markdown tables in the paper's layout: our mean +- std beside the paper's 1.5B numbers."""
-    cols = ("seen", "unseen") if cfg.env == "alfworld" else ("avg reward", "success")
+    cols = score_columns(cfg.env)
     paper, pc = PAPER[cfg.compare], PAPER_COLUMNS[cfg.env]
     source = {"methods": "Table 1", "segmentation": "Table 1", "curriculum": "Table 2 (1 run)",
               "losses": "Figure 5 (7B, 1 run)", "phases": "Figure 4 (1 run)"}[cfg.compare]
@@ -1703,7 +1705,7 @@ def plot_experiment(cfg: Config, rows: dict, by_type: dict) -> None:
     except ImportError:
         log("matplotlib not installed: no PNG figure (the markdown table has the numbers)")
         return
-    cols = ("seen", "unseen") if cfg.env == "alfworld" else ("avg reward", "success")
+    cols = score_columns(cfg.env)
     names = list(rows)
     fig, ax = plt.subplots(figsize=(1.4 + 1.1 * len(names), 3.2))
     for c, col in enumerate(cols):
@@ -1717,6 +1719,7 @@ def plot_experiment(cfg: Config, rows: dict, by_type: dict) -> None:
     fig.tight_layout()
     fig.savefig(f"results/{cfg.env}-{cfg.compare}.png", dpi=120)
     plt.close(fig)
+
 
 if __name__ == "__main__":
     try:
