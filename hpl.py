@@ -103,6 +103,9 @@ class Config:
     lr: float = 1e-5                 # peak learning rate (paper: 3e-6 ALFWorld, 1e-6 WebShop/SQL; 1e-4 hurt here)
     batch: int = 8                   # pairs per level per step, and expert trajectories for L_BC (paper: 32)
     epochs: float = 1.0              # passes over each phase's group pairs (Table 4: 1)
+    phases: int = 3                  # training phases of every run; a schedule with fewer (static, or a run
+                                     # without group pairs: ETO, IPR, --no-group) repeats its last: equal steps
+                                     # (RFT is one more SFT pass over its data, whatever this says)
     warmup: float = 0.1              # warmup fraction of each phase's cosine schedule (Table 4)
     bc_norm: str = "token"           # L_BC normalisation: token (mean NLL per token) | sum (IPR: summed NLL)
     grad_clip: float = 1.0           # max gradient norm
@@ -1115,6 +1118,13 @@ def curriculum(pairs: list[dict], length_thresholds, gap_thresholds, schedule: s
     return phases                                                                          # Eq. (9)
 
 
+def training_phases(phases: list[list[dict]], n: int) -> list[list[dict]]:
+    """The schedule padded to `n` phases by repeating its last phase, so that every method and ablation trains
+    as many optimizer steps as the 3-phase curriculum (a run without group pairs passes over its traj/step
+    pairs once per phase, like HPL does)."""
+    return phases + [phases[-1]] * max(0, n - len(phases))
+
+
 def bucket_counts(pairs: list[dict]) -> dict:
     return {f"B{l}{d}": sum(p.get("bucket") == f"B{l}{d}" for p in pairs) for l in (1, 2, 3) for d in (1, 2, 3)}
 
@@ -1326,8 +1336,30 @@ def save_model(model, tok, path: str, perf: dict) -> None:
 
 
 # Settings of stage 2 (training and evaluation); a policy trained with non-default ones gets its own folder.
-TRAIN_FIELDS = ("beta", "lr", "batch", "epochs", "warmup", "bc_norm", "grad_clip", "length_thresholds",
+TRAIN_FIELDS = ("beta", "lr", "batch", "epochs", "phases", "warmup", "bc_norm", "grad_clip", "length_thresholds",
                 "gap_thresholds", "fixed_n", "fixed_k", "entropy_percentile", "segmenter_model")
+
+
+def policy_settings(cfg: Config) -> dict:
+    """Everything that shapes a trained policy beyond its run folder's stage settings."""
+    hpl_only = ("segmentation", "curriculum", "no_traj", "no_step", "no_group") if cfg.method == "hpl" else ()
+    return {k: getattr(cfg, k) for k in ("method",) + hpl_only + TRAIN_FIELDS}
+
+
+def forget_stale_policy(folder: str, settings: dict) -> None:
+    """A policy folder whose policy was trained with other settings (say, after a default changed) loses that
+    policy and its evaluations, so they are made again; the settings of what is (to be) trained are kept."""
+    path = os.path.join(folder, "settings.json")
+    old = json.load(open(path)) if os.path.exists(path) else {}
+    if old == settings:
+        return
+    stale = [n for n in os.listdir(folder) if n == "policy" or n == "log.jsonl" or n.startswith("eval")]
+    if stale:
+        changed = ", ".join(k for k in settings if old.get(k) != settings[k]) if old else "not recorded"
+        log(f"{folder}: trained with other settings ({changed}); training again")
+        for n in stale:
+            shutil.rmtree(os.path.join(folder, n)) if n == "policy" else os.remove(os.path.join(folder, n))
+    write_json(path, settings)
 
 
 def method_tag(cfg: Config) -> str:
@@ -1391,7 +1423,7 @@ def main(argv=None) -> dict:
 def run(cfg: Config) -> dict:
     """One pipeline run: SFT -> pi_ref, stage 1 pairs, Eq. (8) training, evaluation (finished stages reused)."""
     device = pick_device(cfg.device)
-    if device == "cpu":
+    if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:      # the user's thread count wins
         torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
     root = run_dir(cfg)
     os.makedirs(root, exist_ok=True)
@@ -1512,7 +1544,7 @@ def run(cfg: Config) -> dict:
         seed_everything(cfg.seed + 5)
         bc_data = [render_chat(tok, d["messages"]) for d in demos]
         train_levels = {k: levels[k] for k in ("traj", "step") if k in levels_needed}
-        train_phases = phases if "group" in levels_needed else [[]]
+        train_phases = schedule
         if cfg.method == "rft":     # rejection-sampling fine-tuning: L_BC on D_expert + pi_ref's own successes
             bc_data += [render_chat(tok, e["messages"]) for e in explored if e["won"]]
         if cfg.method == "eto":     # ETO's DPO has no NLL term
@@ -1532,10 +1564,12 @@ def run(cfg: Config) -> dict:
         save_model(model, tok, path, info)
         return info
 
+    schedule = training_phases(phases if "group" in levels_needed else [[]], cfg.phases if cfg.method != "rft" else 1)
     phase_path = lambda k: os.path.join(root, tag, eval_file(cfg, phase=k))       # noqa: E731
     policy = os.path.join(root, tag, "policy")
+    forget_stale_policy(os.path.join(root, tag), policy_settings(cfg))
     if cfg.eval_phases and os.path.exists(policy) and not all(os.path.exists(phase_path(k))
-                                                              for k in range(1, len(phases))):
+                                                              for k in range(1, len(schedule))):
         shutil.rmtree(policy)                   # trained without the per-phase evaluations: train again
     perf["train"] = stages.run(f"train ({tag})", policy, do_train,
                                lambda p: json.load(open(os.path.join(p, "perf.json"))))
@@ -1650,7 +1684,7 @@ def compare(cfg: Config) -> dict:
             named = {"sft" if k == "pi_ref (SFT)" else k: v for k, v in results.items()}
             if cfg.compare == "phases":
                 paths = [os.path.join(run_dir(one), tag, eval_file(one, phase=k))
-                         for k in range(1, len(PHASES[one.curriculum]))]          # the last phase is eval.json
+                         for k in range(1, max(len(PHASES[one.curriculum]), one.phases))]   # last: eval.json
                 named = {f"phase {k}": json.load(open(p)) for k, p in enumerate(paths, 1) if os.path.exists(p)}
                 named[f"phase {len(named) + 1}"] = results[tag]
             for name in (["sft", tag] if cfg.compare != "phases" else list(named)):

@@ -416,6 +416,31 @@ def test_policy_folder_names_carry_non_default_training_settings():
     assert hpl.method_tag(hpl.parse_config(["--lr", "1e-4", "--beta", "0.1"])) == "hpl-semantic-dual-beta0.1-lr0.0001"
 
 
+def test_every_run_trains_as_many_phases_as_the_curriculum():
+    a, b, c = [{"id": 1}], [{"id": 1}, {"id": 2}], [{"id": 1}, {"id": 2}, {"id": 3}]
+    assert hpl.training_phases([a, b, c], 3) == [a, b, c]              # Eq. (9) unchanged
+    assert hpl.training_phases([c], 3) == [c, c, c]                    # static: all pairs in each phase
+    assert hpl.training_phases([[]], 3) == [[], [], []]                # ETO / IPR / --no-group: traj+step x3
+    assert hpl.training_phases([a, b, c], 1) == [a, b, c]              # never shortened
+
+
+def test_a_policy_trained_with_other_settings_is_trained_again(tmp_path):
+    folder = tmp_path / "ipr"
+    (folder / "policy").mkdir(parents=True)
+    (folder / "eval.json").write_text("{}")
+    (folder / "curriculum.json").write_text("{}")
+    old = hpl.policy_settings(hpl.parse_config(["--method", "ipr", "--lr", "1e-4"]))
+    (folder / "settings.json").write_text(json.dumps(old))
+    hpl.forget_stale_policy(str(folder), old)                          # same settings: kept
+    assert (folder / "policy").exists() and (folder / "eval.json").exists()
+    new = hpl.policy_settings(hpl.parse_config(["--method", "ipr"]))
+    hpl.forget_stale_policy(str(folder), new)                          # the default lr changed: made again
+    assert not (folder / "policy").exists() and not (folder / "eval.json").exists()
+    assert (folder / "curriculum.json").exists() and json.loads((folder / "settings.json").read_text()) == new
+    # the segmentation does not shape an IPR policy, so it does not count
+    assert hpl.policy_settings(hpl.parse_config(["--method", "ipr", "--segmentation", "fixed_k"])) == new
+
+
 def test_experiment_table_has_mean_std_and_the_papers_numbers():
     cfg = hpl.parse_config(["--env", "alfworld", "--compare", "methods", "--seeds", "2"])
     rows = {"sft": [(20.0, 30.0), (22.0, 34.0)], "eto": [(25.0, 35.0), (25.0, 37.0)]}
