@@ -1167,6 +1167,17 @@ def level_loss(model, pairs: list[dict], cfg: Config, device) -> tuple[torch.Ten
                            "tokens": sum(map(len, ids))}
 
 
+def level_gradient_norms(model, losses: dict) -> dict:
+    """How hard each term of Eq. (8) pulls: the norm of d L_level / d theta, one level at a time (a diagnostic,
+    logged at the first step; the update itself uses the sum)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    norms = {}
+    for name, loss in losses.items():
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        norms[name] = float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads if g is not None])))
+    return norms
+
+
 def train(model, levels: dict, phases: list, bc_data: list, cfg: Config, device, log_path: str,
           after_phase=None) -> dict:
     """Optimise Eq. (8) phase by phase: each phase continues from the previous one's weights and has its own
@@ -1177,7 +1188,7 @@ def train(model, levels: dict, phases: list, bc_data: list, cfg: Config, device,
     pair_len = lambda p: len(p["chosen_ids"]) + len(p["rejected_ids"])     # noqa: E731
     fixed = {name: Cycler(p, cfg.batch, cfg.seed + i, pair_len) for i, (name, p) in enumerate(levels.items()) if p}
     bc = Cycler(bc_data, cfg.batch, cfg.seed + 7, lambda d: len(d[0])) if bc_data is not None else None
-    timings, rows = [], []
+    timings, rows, grad_norms = [], [], {}
     model.train()
     for ph, group in enumerate(phases):
         iters = dict(fixed)
@@ -1201,6 +1212,10 @@ def train(model, levels: dict, phases: list, bc_data: list, cfg: Config, device,
             if not torch.isfinite(loss):
                 raise RuntimeError(f"non-finite loss at phase {ph + 1} step {step + 1}: {loss.item()} "
                                    f"(levels: { {k: v.item() for k, v in losses.items()} }); lower --lr")
+            if ph == 0 and step == 0 and len(losses) > 1:
+                grad_norms = level_gradient_norms(model, losses)
+                log("gradient norm of each level at pi_ref: " +
+                    " | ".join(f"{k} {v:.2f}" for k, v in grad_norms.items()))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -1222,7 +1237,7 @@ def train(model, levels: dict, phases: list, bc_data: list, cfg: Config, device,
             model.train()
     write_jsonl(log_path, rows)
     model.eval()
-    return {"phases": timings}
+    return {"phases": timings, "grad_norms_at_pi_ref": grad_norms}
 
 
 # ---------------------------------------------------------------------------------------------------------

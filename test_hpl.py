@@ -365,8 +365,11 @@ def test_train_step_changes_weights_and_stops_on_nonfinite(tiny, tmp_path):
     bc = [hpl.render_chat(tok, d["messages"]) for d in demos[:4]]
     cfg = hpl.Config(**{**cfg.__dict__, "batch": 2, "lr": 1e-2, "epochs": 1.0})
     before = [p.detach().clone() for p in policy.parameters()]
-    hpl.train(policy, {"traj": pairs}, [[]], bc, cfg, "cpu", str(tmp_path / "log.jsonl"))
+    info = hpl.train(policy, {"traj": pairs, "step": pairs}, [[]], bc, cfg, "cpu", str(tmp_path / "log.jsonl"))
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))
+    norms = info["grad_norms_at_pi_ref"]            # the same pairs at two levels pull equally hard
+    assert set(norms) == {"traj", "step"} and norms["traj"] > 0
+    assert norms["traj"] == pytest.approx(norms["step"], rel=1e-5)
     rows = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
     assert rows[0]["traj/loss"] == pytest.approx(math.log(2), abs=1e-4)        # policy == reference at step 1
     for p in pairs:
