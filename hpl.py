@@ -1698,8 +1698,9 @@ def compare(cfg: Config) -> dict:
             results, tag = run(one), method_tag(one)
             named = {"sft" if k == "pi_ref (SFT)" else k: v for k, v in results.items()}
             if cfg.compare == "phases":
+                trained = json.load(open(os.path.join(run_dir(one), tag, "policy", "perf.json")))["phases"]
                 paths = [os.path.join(run_dir(one), tag, eval_file(one, phase=k))
-                         for k in range(1, max(len(PHASES[one.curriculum]), one.phases))]   # last: eval.json
+                         for k in range(1, len(trained))]                   # the last phase is eval.json
                 named = {f"phase {k}": json.load(open(p)) for k, p in enumerate(paths, 1) if os.path.exists(p)}
                 named[f"phase {len(named) + 1}"] = results[tag]
             for name in (["sft", tag] if cfg.compare != "phases" else list(named)):
