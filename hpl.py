@@ -1283,18 +1283,19 @@ def make_env(cfg: Config, split: str):
 def results_table(results: dict, env: str) -> str:
     """The Table-1-style summary: one row per policy."""
     head = ["policy"] + (["seen", "unseen"] if env == "alfworld" else ["reward", "success"])
-    lines = [" | ".join(f"{h:>14}" for h in head)]
+    w = max([14] + [len(name) for name in results])
+    lines = [" | ".join([f"{head[0]:>{w}}"] + [f"{h:>8}" for h in head[1:]])]
     for name, res in results.items():
         if env == "alfworld":
             vals = [res["seen"]["success"], res["unseen"]["success"]]
         else:
             vals = [res["test"]["reward"], res["test"]["success"]]
-        lines.append(" | ".join([f"{name:>14}"] + [f"{v:14.2f}" for v in vals]))
+        lines.append(" | ".join([f"{name:>{w}}"] + [f"{v:8.2f}" for v in vals]))
     if env == "alfworld":
         types = sorted(next(iter(results.values()))["unseen"]["by_type"])
         lines.append("unseen by type: " + ", ".join(types))
         for name, res in results.items():
-            lines.append(f"{name:>14}: " + " / ".join(f"{res['unseen']['by_type'].get(t, 0):.1f}" for t in types))
+            lines.append(f"{name:>{w}}: " + " / ".join(f"{res['unseen']['by_type'].get(t, 0):.1f}" for t in types))
     return "\n".join(lines)
 
 
