@@ -1179,10 +1179,11 @@ def level_gradient_norms(model, losses: dict) -> dict:
 
 
 def train(model, levels: dict, phases: list, bc_data: list, cfg: Config, device, log_path: str,
-          after_phase=None) -> dict:
+          after_phase=None, min_pairs: int = 0) -> dict:
     """Optimise Eq. (8) phase by phase: each phase continues from the previous one's weights and has its own
-    warmup + cosine schedule over `epochs` passes of its group pairs (or of the largest level when there are
-    no group pairs); every step sums a batch of each level present and a batch of expert trajectories (L_BC)."""
+    warmup + cosine schedule over `epochs` passes of its group pairs or of the largest level, whichever is larger
+    (and at least `min_pairs`, so that a run without a level trains as many steps as the method it ablates);
+    every step sums a batch of each level present and a batch of expert trajectories (L_BC)."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr or PAPER_LR[cfg.env], weight_decay=0.0)
     peak = opt.param_groups[0]["lr"]
     pair_len = lambda p: len(p["chosen_ids"]) + len(p["rejected_ids"])     # noqa: E731
@@ -1194,7 +1195,7 @@ def train(model, levels: dict, phases: list, bc_data: list, cfg: Config, device,
         iters = dict(fixed)
         if group:
             iters["group"] = Cycler(group, cfg.batch, cfg.seed + 11 + ph, pair_len)
-        size = max([len(group)] + [len(p) for p in levels.values()]) or len(bc_data or [])
+        size = max([len(group), min_pairs] + [len(p) for p in levels.values()]) or len(bc_data or [])
         steps = math.ceil(cfg.epochs * size / cfg.batch)
         t0, n_tok = time.time(), 0
         for step in range(steps):
@@ -1519,9 +1520,11 @@ def run(cfg: Config) -> dict:
 
     explored = stages.run("explore (pi_ref greedy)", os.path.join(pair_dir, "explored.jsonl"), do_explore,
                           read_jsonl, engine)
-    levels = {}
+    levels, traj_pairs = {}, trajectory_pairs(explore, explored, cfg)
     if "traj" in levels_needed or cfg.method == "rft":
-        levels["traj"] = trajectory_pairs(explore, explored, cfg)
+        levels["traj"] = traj_pairs
+    # steps per phase count the trajectory pairs even under --no-traj: an ablation drops a loss, not steps
+    n_traj_pairs = len(traj_pairs) if METHOD_LEVELS[cfg.method] else 0
 
     if "step" in levels_needed:
         def do_step(path):
@@ -1576,7 +1579,8 @@ def run(cfg: Config) -> dict:
             log(f"[evaluate {tag} after phase {k}] ...")
             write_json(phase_path(k), evaluate(model, tok, cfg, device, max_new, eval_counter.stats))
         info.update(train(model, train_levels, train_phases, bc_data, cfg, device,
-                          os.path.join(root, tag, "log.jsonl"), eval_phase if cfg.eval_phases else None))
+                          os.path.join(root, tag, "log.jsonl"), eval_phase if cfg.eval_phases else None,
+                          min_pairs=n_traj_pairs))
         save_model(model, tok, path, info)
         return info
 

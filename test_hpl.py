@@ -372,6 +372,10 @@ def test_train_step_changes_weights_and_stops_on_nonfinite(tiny, tmp_path):
     assert norms["traj"] == pytest.approx(norms["step"], rel=1e-5)
     rows = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
     assert rows[0]["traj/loss"] == pytest.approx(math.log(2), abs=1e-4)        # policy == reference at step 1
+    # an ablation (--no-traj) drops a loss, not optimizer steps: the dropped level's pairs still size each phase
+    for min_pairs, steps in ((0, 1), (6, 3)):
+        hpl.train(policy, {"step": pairs}, [[]], None, cfg, "cpu", str(tmp_path / "log3.jsonl"), min_pairs=min_pairs)
+        assert len(open(tmp_path / "log3.jsonl").readlines()) == steps
     for p in pairs:
         p["ref_chosen"] = float("nan")
     with pytest.raises(RuntimeError, match="non-finite loss"):
