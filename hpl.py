@@ -1385,11 +1385,14 @@ def method_tag(cfg: Config) -> str:
     if cfg.method == "hpl":
         off = "".join(f"-no_{k}" for k in ("traj", "step", "group") if getattr(cfg, f"no_{k}"))
         tag = f"hpl-{cfg.segmentation}-{cfg.curriculum}{off}"
+    return tag + settings_suffix(cfg)
+
+
+def settings_suffix(cfg: Config) -> str:
+    """"-<field><value>" for every training setting that is not the preset's default (e.g. "-lr3e-05")."""
     base = Config(**PRESETS[cfg.preset])
-    for k in TRAIN_FIELDS:
-        if getattr(cfg, k) != getattr(base, k):
-            tag += f"-{k}{re.sub(r'[^A-Za-z0-9.,_-]', '_', str(getattr(cfg, k)))}"
-    return tag
+    return "".join(f"-{k}{re.sub(r'[^A-Za-z0-9.,_-]', '_', str(getattr(cfg, k)))}"
+                   for k in TRAIN_FIELDS if getattr(cfg, k) != getattr(base, k))
 
 
 # Which levels of Eq. (8) each method trains (all start from the same pi_ref and use the same pairs).
@@ -1719,12 +1722,20 @@ def compare(cfg: Config) -> dict:
     text = experiment_tables(cfg, rows, by_type, minutes)
     log("\n" + text)
     os.makedirs("results", exist_ok=True)
-    name = f"results/{cfg.env}-{cfg.compare}.md"
+    stem = results_stem(cfg)
+    name = stem + ".md"
     write_text(name, text + "\n")
-    write_json(f"results/{cfg.env}-{cfg.compare}.json", {"rows": rows, "by_type": by_type, "minutes": minutes})
+    write_json(stem + ".json", {"rows": rows, "by_type": by_type, "minutes": minutes})
     plot_experiment(cfg, rows, by_type)
     log(f"wrote {name} ({minutes:.1f} min)")
     return rows
+
+
+def results_stem(cfg: Config) -> str:
+    """results/<env>-<experiment>, plus the preset and training settings when not the defaults, so that
+    experiments made with other settings (e.g. --lr 3e-5) do not overwrite each other."""
+    preset = "" if cfg.preset == "cpu" else f"-{cfg.preset}"
+    return f"results/{cfg.env}-{cfg.compare}{preset}{settings_suffix(cfg)}"
 
 
 def experiment_tables(cfg: Config, rows: dict, by_type: dict, minutes: float) -> str:
@@ -1733,7 +1744,7 @@ def experiment_tables(cfg: Config, rows: dict, by_type: dict, minutes: float) ->
     paper, pc = PAPER[cfg.compare], PAPER_COLUMNS[cfg.env]
     source = {"methods": "Table 1", "segmentation": "Table 1", "curriculum": "Table 2 (1 run)",
               "losses": "Figure 5 (7B, 1 run)", "phases": "Figure 4 (1 run)"}[cfg.compare]
-    lines = [f"## {cfg.env}: --compare {cfg.compare} ({cfg.seeds} seed(s), {minutes:.1f} min on this machine)", "",
+    lines = [f"## {cfg.env}: --compare {cfg.compare} ({cfg.seeds} seed(s); this command took {minutes:.1f} min, finished runs reused)", "",
              "| run | " + " | ".join(f"{c} (ours)" for c in cols) + " | " +
              " | ".join(f"{c} (paper, {source})" for c in cols) + " |", "|---" * (1 + 2 * len(cols)) + "|"]
     for name, vals in rows.items():
@@ -1772,7 +1783,7 @@ def plot_experiment(cfg: Config, rows: dict, by_type: dict) -> None:
     ax.set_title(f"{cfg.env}: {cfg.compare}")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(f"results/{cfg.env}-{cfg.compare}.png", dpi=120)
+    fig.savefig(results_stem(cfg) + ".png", dpi=120)
     plt.close(fig)
 
 

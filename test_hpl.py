@@ -421,6 +421,11 @@ def test_policy_folder_names_carry_non_default_training_settings():
     assert hpl.method_tag(hpl.parse_config(["--no-group", "--segmentation", "fixed_k"])) == "hpl-fixed_k-dual-no_group"
     # a policy trained with another lr or beta never reuses the default one's folder
     assert hpl.method_tag(hpl.parse_config(["--lr", "1e-4", "--beta", "0.1"])) == "hpl-semantic-dual-beta0.1-lr0.0001"
+    # and an experiment made with other settings writes its tables beside the default one's, not over them
+    assert hpl.results_stem(hpl.parse_config(["--compare", "losses"])) == "results/alfworld-losses"
+    assert hpl.results_stem(hpl.parse_config(["--compare", "losses", "--lr", "3e-5"])) == "results/alfworld-losses-lr3e-05"
+    assert hpl.results_stem(hpl.parse_config(["--env", "webshop", "--compare", "methods", "--preset", "smoke"])) \
+        == "results/webshop-methods-smoke"
 
 
 def test_every_run_trains_as_many_phases_as_the_curriculum():
