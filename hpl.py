@@ -1744,7 +1744,8 @@ def experiment_tables(cfg: Config, rows: dict, by_type: dict, minutes: float) ->
     paper, pc = PAPER[cfg.compare], PAPER_COLUMNS[cfg.env]
     source = {"methods": "Table 1", "segmentation": "Table 1", "curriculum": "Table 2 (1 run)",
               "losses": "Figure 5 (7B, 1 run)", "phases": "Figure 4 (1 run)"}[cfg.compare]
-    lines = [f"## {cfg.env}: --compare {cfg.compare} ({cfg.seeds} seed(s); this command took {minutes:.1f} min, finished runs reused)", "",
+    took = f"{cfg.seeds} seed(s); this command took {minutes:.1f} min, finished runs reused"
+    lines = [f"## {cfg.env}: --compare {cfg.compare} ({took})", "",
              "| run | " + " | ".join(f"{c} (ours)" for c in cols) + " | " +
              " | ".join(f"{c} (paper, {source})" for c in cols) + " |", "|---" * (1 + 2 * len(cols)) + "|"]
     for name, vals in rows.items():
