@@ -1389,7 +1389,7 @@ def method_tag(cfg: Config) -> str:
 
 
 def settings_suffix(cfg: Config) -> str:
-    """"-<field><value>" for every training setting that is not the preset's default (e.g. "-lr3e-05")."""
+    """The "-<field><value>" parts for every training setting that is not the preset's default ("-lr3e-05")."""
     base = Config(**PRESETS[cfg.preset])
     return "".join(f"-{k}{re.sub(r'[^A-Za-z0-9.,_-]', '_', str(getattr(cfg, k)))}"
                    for k in TRAIN_FIELDS if getattr(cfg, k) != getattr(base, k))

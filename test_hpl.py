@@ -466,6 +466,7 @@ def test_experiment_table_has_mean_std_and_the_papers_numbers():
                                {"ipr": [(50.0, 20.0)]}, {}, 1.0)
     assert "| ipr | 50.00 | 20.00 | 57.76 | 27.83 |" in ws                                # WebShop columns
 
+
 def test_results_table_keeps_columns_aligned_for_long_policy_names():
     split = lambda s, t: {"success": s, "reward": s, "by_type": {"pick": t}}       # noqa: E731
     res = {"pi_ref (SFT)": {"seen": split(42.857, 50.0), "unseen": split(41.791, 50.0)},
@@ -476,7 +477,6 @@ def test_results_table_keeps_columns_aligned_for_long_policy_names():
     assert lines[-1] == "hpl-semantic-dual-lr3e-05: 62.5"
     ws = hpl.results_table({"ipr": {"test": {"reward": 51.234, "success": 20.0}}}, "webshop").splitlines()
     assert ws == ["        policy |   reward |  success", "           ipr |    51.23 |    20.00"]
-
 
 
 # ---------------------------------------------------------------------------------------------------------
