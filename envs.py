@@ -2293,7 +2293,7 @@ SQL_DOMAINS = {
     ],
 }
 SQL_TEST_DBS = ("hospital", "wine_1", "election", "hotel_booking", "bank_1", "tv_channel")
-SQL_SPLITS = ("train", "test")
+SQL_SPLITS = ("train", "test", "seen")  # seen: new questions on the train databases (not in the real benchmark)
 SQL_TRAIN_PER_DB, SQL_TEST_SIZE = 60, 200      # 20 x 60 = 1200 train questions (IPR: 1500); 200 test (IPR: 200)
 
 _SQL_FIRST_NAMES = ("James Maria Robert Linda Carlos Yuki Ahmed Sofia Ivan Priya Lucas Emma Omar Chloe Hiroshi "
@@ -3357,6 +3357,7 @@ def _sql_build_split(split: str, seed: int) -> list:
     if (split, seed) in _SQL_SPLIT_CACHE:
         return _SQL_SPLIT_CACHE[split, seed]
     names = [name for name in SQL_DOMAINS if (name in SQL_TEST_DBS) == (split == "test")]
+    trained = {t.question.gold for t in _sql_build_split("train", seed)} if split == "seen" else set()
     rng = stable_rng(seed, "intercode_sql", split)
     tasks = []
     for k, name in enumerate(names):
@@ -3366,7 +3367,8 @@ def _sql_build_split(split: str, seed: int) -> list:
         else:
             n = SQL_TEST_SIZE // len(names) + (k < SQL_TEST_SIZE % len(names))
         session = _MySQLSession(db)
-        for q, rows in _sql_sample_by_hardness(_sql_candidate_questions(db, seed), n, rng):
+        candidates = [c for c in _sql_candidate_questions(db, seed) if c[0].gold not in trained]
+        for q, rows in _sql_sample_by_hardness(candidates, n, rng):
             roll = stable_rng(seed, "intercode_sql", name, q.gold, "mistake").random()
             tasks.append(_SqlTask(db, q, rows, _sql_make_mistake(db, q, roll, session)))
     rng.shuffle(tasks)
@@ -3416,7 +3418,9 @@ class InterCodeSQL(TextEnv):
         SELECT COUNT(DISTINCT Nationality) FROM conductor   -> '[(3,)]'
         submit            -> '[(3,)]', reward 1.0 (IoU x Kendall tau of the last result vs the gold's), done
 
-    Splits: train (20 databases, 60 questions each), test (200 questions on 6 other databases).
+    Splits: train (20 databases, 60 questions each), test (200 questions on 6 other databases), and seen
+    (200 other questions on the 20 train databases: not in the benchmark, for a model too small to read a new
+    schema; the "seen" of ALFWorld's seen/unseen).
     Expert subgoals: explore (SHOW TABLES, DESC), query (the SQL; on mistake tasks a first wrong guess),
     fix (DESC or SHOW TABLES after an error, then the corrected query), submit.
     """

@@ -429,6 +429,20 @@ def test_policy_folder_names_carry_non_default_training_settings():
         == "results/webshop-methods-smoke"
 
 
+def test_sql_defaults_of_the_cpu_preset_and_the_split_they_evaluate():
+    cfg = hpl.parse_config(["--env", "intercode_sql"])
+    assert (cfg.sft_epochs, hpl.eval_splits(cfg)) == (8.0, ("seen",))              # ENV_PRESETS, --sql-eval
+    assert hpl.eval_file(cfg, "eval-pi_ref") == "eval-pi_ref-seen.json"             # kept apart from test's
+    assert hpl.parse_config(["--env", "intercode_sql", "--sft-epochs", "3"]).sft_epochs == 3.0   # a flag wins
+    paper = hpl.parse_config(["--env", "intercode_sql", "--preset", "paper"])
+    assert (paper.sft_epochs, hpl.eval_splits(paper), hpl.eval_file(paper)) == (3, ("test",), "eval.json")
+    alf = hpl.parse_config(["--env", "alfworld"])
+    assert (alf.sft_epochs, hpl.eval_splits(alf)) == (2.5, ("seen", "unseen"))
+    assert hpl.method_tag(cfg) == "hpl-semantic-dual"                               # per-env values are defaults
+    with pytest.raises(hpl.UserError, match="sql-eval"):
+        hpl.parse_config(["--env", "intercode_sql", "--sql-eval", "dev"])
+
+
 def test_every_run_trains_as_many_phases_as_the_curriculum():
     a, b, c = [{"id": 1}], [{"id": 1}, {"id": 2}], [{"id": 1}, {"id": 2}, {"id": 3}]
     assert hpl.training_phases([a, b, c], 3) == [a, b, c]              # Eq. (9) unchanged
@@ -1729,10 +1743,17 @@ def test_splits_sizes_types_and_held_out_databases(sql_train, sql_test):
         {(t.db.name, t.question.text) for t in sql_test.tasks}
     for env in (sql_train, sql_test):
         assert set(Counter(env.task_type(i) for i in range(len(env)))) == {"easy", "medium", "hard", "extra"}
-    with pytest.raises(ValueError, match="train, test"):
+    with pytest.raises(ValueError, match="train, test, seen"):
         envs.InterCodeSQL("dev")
     assert ENVS["intercode_sql"] is envs.InterCodeSQL
     assert sql_train.reset(0) == sql_train.tasks[0].question.text               # the question is the first observation
+
+
+def test_seen_split_asks_new_questions_of_the_train_databases(sql_train):
+    seen = envs.InterCodeSQL("seen")
+    assert len(seen) == 200 and {t.db.name for t in seen.tasks} == {t.db.name for t in sql_train.tasks}
+    assert not {t.question.gold for t in seen.tasks} & {t.question.gold for t in sql_train.tasks}
+    assert set(Counter(seen.task_type(i) for i in range(len(seen)))) == {"easy", "medium", "hard", "extra"}
 
 
 def test_every_gold_returns_rows_and_beats_its_tempting_wrong_query(sql_train, sql_test):
