@@ -423,8 +423,8 @@ def test_policy_folder_names_carry_non_default_training_settings():
     assert hpl.method_tag(hpl.parse_config(["--lr", "1e-4", "--beta", "0.1"])) == "hpl-semantic-dual-beta0.1-lr0.0001"
     # and an experiment made with other settings writes its tables beside the default one's, not over them
     assert hpl.results_stem(hpl.parse_config(["--compare", "losses"])) == "results/alfworld-losses"
-    stem = hpl.results_stem(hpl.parse_config(["--compare", "losses", "--lr", "3e-5"]))
-    assert stem == "results/alfworld-losses-lr3e-05"
+    stem = hpl.results_stem(hpl.parse_config(["--compare", "losses", "--lr", "1e-5"]))
+    assert stem == "results/alfworld-losses-lr1e-05"
     assert hpl.results_stem(hpl.parse_config(["--env", "webshop", "--compare", "methods", "--preset", "smoke"])) \
         == "results/webshop-methods-smoke"
 
