@@ -172,7 +172,8 @@ def parse_config(argv=None) -> Config:
     checks = [("env", ("alfworld", "webshop", "intercode_sql")), ("method", METHODS),
               ("segmentation", ("fixed_n", "fixed_k", "uncertainty", "semantic")),
               ("curriculum", ("dual", "static", "length", "difficulty")), ("scene", ("small", "full")),
-              ("instruction", ("short", "full")), ("sql_eval", ("seen", "test")), ("bc_norm", ("token", "sum")), ("compare", ("",) + tuple(EXPERIMENTS))]
+              ("instruction", ("short", "full")), ("sql_eval", ("seen", "test")), ("bc_norm", ("token", "sum")),
+              ("compare", ("",) + tuple(EXPERIMENTS))]
     for name, allowed in checks:
         if getattr(cfg, name) not in allowed:
             raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(a for a in allowed if a)}, "
