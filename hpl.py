@@ -1657,7 +1657,10 @@ def segmentations(cfg: Config, model, tok, demos: list[dict], root: str, device)
 
 
 def finish(cfg, root, results, stages, perf, tag, levels=None) -> dict:
-    write_json(os.path.join(root, "results.json"), results)
+    path = os.path.join(root, "results.json")          # re-read: another method may have finished meanwhile
+    on_disk = json.load(open(path)) if os.path.exists(path) else {}
+    results = {**on_disk, **{k: results[k] for k in ("pi_ref (SFT)", tag) if k in results}}
+    write_json(path, results)
     log("\nresults (success %; WebShop/SQL: average reward and success, x100):")
     log(results_table(results, cfg.env))
     log("\nstage times:")
