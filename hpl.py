@@ -1310,11 +1310,7 @@ def results_table(results: dict, env: str) -> str:
     w = max([14] + [len(name) for name in results])
     lines = [" | ".join([f"{head[0]:>{w}}"] + [f"{h:>8}" for h in head[1:]])]
     for name, res in results.items():
-        if env == "alfworld":
-            vals = [res["seen"]["success"], res["unseen"]["success"]]
-        else:
-            vals = [held_out(res)["reward"], held_out(res)["success"]]
-        lines.append(" | ".join([f"{name:>{w}}"] + [f"{v:8.2f}" for v in vals]))
+        lines.append(" | ".join([f"{name:>{w}}"] + [f"{v:8.2f}" for v in split_scores(res, env)]))
     if env == "alfworld":
         types = sorted(next(iter(results.values()))["unseen"]["by_type"])
         lines.append("unseen by type: " + ", ".join(types))
@@ -1513,9 +1509,7 @@ def run(cfg: Config) -> dict:
     max_new = turn_token_budget(tok, demos)
     engine = Rollouts(model, tok, train_env, cfg, device, max_new)
 
-    results_path = os.path.join(root, "results.json")
-    results = json.load(open(results_path)) if os.path.exists(results_path) else {}
-
+    results = {}                                       # this run's policies; finish() adds the folder's others
     eval_counter = Rollouts.counter()
 
     def do_eval(path):
@@ -1526,7 +1520,7 @@ def run(cfg: Config) -> dict:
     results["pi_ref (SFT)"] = stages.run("evaluate pi_ref", os.path.join(root, eval_file(cfg, "eval-pi_ref")),
                                          do_eval, lambda p: json.load(open(p)), eval_counter)
     if cfg.method == "sft":
-        return finish(cfg, root, results, stages, perf, tag)
+        return finish(cfg, root, results, stages, perf)
 
     # -- §3.3: stage 1, exploration with pi_ref (fixed; one shot, offline afterwards) -------------------
     n_exp = min(cfg.explore_tasks or len(demos), len(demos))
@@ -1623,7 +1617,7 @@ def run(cfg: Config) -> dict:
         model, tok = load_pretrained(policy, device)
     results[tag] = stages.run(f"evaluate {tag}", os.path.join(root, tag, eval_file(cfg)), do_eval,
                               lambda p: json.load(open(p)), eval_counter)
-    return finish(cfg, root, results, stages, perf, tag, levels)
+    return finish(cfg, root, results, stages, perf)
 
 
 def segmentations(cfg: Config, model, tok, demos: list[dict], root: str, device) -> list:
@@ -1656,10 +1650,10 @@ def segmentations(cfg: Config, model, tok, demos: list[dict], root: str, device)
     return by[cfg.segmentation]
 
 
-def finish(cfg, root, results, stages, perf, tag, levels=None) -> dict:
-    path = os.path.join(root, "results.json")          # re-read: another method may have finished meanwhile
-    on_disk = json.load(open(path)) if os.path.exists(path) else {}
-    results = {**on_disk, **{k: results[k] for k in ("pi_ref (SFT)", tag) if k in results}}
+def finish(cfg, root, results, stages, perf) -> dict:
+    """Merge this run's evaluations into the folder's results.json, then print the results and the timings."""
+    path = os.path.join(root, "results.json")          # read at the end: another method may have finished meanwhile
+    results = {**(json.load(open(path)) if os.path.exists(path) else {}), **results}
     write_json(path, results)
     log("\nresults (success %; WebShop/SQL: average reward and success, x100):")
     log(results_table(results, cfg.env))
@@ -1713,8 +1707,10 @@ def score_columns(env: str) -> tuple:
 
 def split_scores(res: dict, env: str) -> tuple:
     """The two numbers of Table 1 for one env: ALFWorld seen/unseen success; WebShop/SQL reward/success."""
-    return (res["seen"]["success"], res["unseen"]["success"]) if env == "alfworld" else \
-        (held_out(res)["reward"], held_out(res)["success"])
+    if env == "alfworld":
+        return res["seen"]["success"], res["unseen"]["success"]
+    split = held_out(res)
+    return split["reward"], split["success"]
 
 
 def mean_std(values: list) -> str:

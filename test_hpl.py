@@ -446,8 +446,8 @@ def test_sql_defaults_of_the_cpu_preset_and_the_split_they_evaluate():
 def test_results_json_keeps_what_another_run_in_the_folder_wrote_meanwhile(tmp_path):
     split = {"test": {"success": 10.0, "reward": 20.0, "by_type": {}}}
     cfg, loaded = hpl.parse_config(["--env", "webshop"]), {"pi_ref (SFT)": split}     # both runs loaded this
-    hpl.finish(cfg, str(tmp_path), {**loaded, "eto": split}, hpl.Stages(str(tmp_path)), {}, "eto")
-    hpl.finish(cfg, str(tmp_path), {**loaded, "ipr": split}, hpl.Stages(str(tmp_path)), {}, "ipr")
+    hpl.finish(cfg, str(tmp_path), {**loaded, "eto": split}, hpl.Stages(str(tmp_path)), {})
+    hpl.finish(cfg, str(tmp_path), {**loaded, "ipr": split}, hpl.Stages(str(tmp_path)), {})
     assert list(json.loads((tmp_path / "results.json").read_text())) == ["pi_ref (SFT)", "eto", "ipr"]
 
 
