@@ -1424,6 +1424,11 @@ STAGE_FIELDS = ("env", "model", "seed", "scene", "max_steps", "instruction", "vo
                 "step_threshold", "group_threshold", "group_min_win", "temperature", "max_new_tokens")
 
 
+def trained_levels(cfg: Config) -> set:
+    """The DPO levels of Eq. (8) a run trains: its method's, less the ablated ones (--no-traj/step/group)."""
+    return set(METHOD_LEVELS[cfg.method]) - {k for k in ("traj", "step", "group") if getattr(cfg, f"no_{k}")}
+
+
 def run_dir(cfg: Config) -> str:
     if cfg.out:
         return cfg.out
@@ -1525,8 +1530,7 @@ def run(cfg: Config) -> dict:
     # -- §3.3: stage 1, exploration with pi_ref (fixed; one shot, offline afterwards) -------------------
     n_exp = min(cfg.explore_tasks or len(demos), len(demos))
     explore = demos[:n_exp]
-    levels_needed = set(METHOD_LEVELS[cfg.method]) - {k for k in ("traj", "step", "group")
-                                                      if getattr(cfg, f"no_{k}")}
+    levels_needed = trained_levels(cfg)
     pair_dir = os.path.join(root, "pairs")
     os.makedirs(pair_dir, exist_ok=True)
 
@@ -1699,6 +1703,9 @@ EXPERIMENTS = {
     "losses": [{}, dict(no_traj=True), dict(no_step=True), dict(no_group=True)],
     "phases": [dict(eval_phases=True)],
 }
+# HPL without L_group trains IPR's objective (L_BC + trajectory + step DPO on the same pairs, the same steps), so
+# an experiment reads that row from the IPR run instead of training it twice (seed 0: both 41.43 / 47.76).
+SAME_RUN = {"hpl-semantic-dual-no_group": dict(method="ipr", no_group=False)}
 
 
 def score_columns(env: str) -> tuple:
@@ -1725,8 +1732,11 @@ def compare(cfg: Config) -> dict:
         for over in EXPERIMENTS[cfg.compare]:
             out = cfg.out if seed == cfg.seed or not cfg.out else f"{cfg.out}-seed{seed}"   # --out: first seed's
             one = dataclasses.replace(cfg, compare="", seeds=1, seed=seed, out=out, **over)
-            results, tag = run(one), method_tag(one)
+            tag = method_tag(one)
+            same = dataclasses.replace(one, **SAME_RUN.get(tag, {}))
+            results = run(same)
             named = {"sft" if k == "pi_ref (SFT)" else k: v for k, v in results.items()}
+            named[tag] = named[method_tag(same)]
             if cfg.compare == "phases":
                 trained = json.load(open(os.path.join(run_dir(one), tag, "policy", "perf.json")))["phases"]
                 paths = [os.path.join(run_dir(one), tag, eval_file(one, phase=k))

@@ -3,6 +3,7 @@ engine, the environments against the real benchmarks' strings, and a smoke run o
 
 Run: python -m pytest -q
 """
+import dataclasses
 import json
 import math
 import os
@@ -474,6 +475,15 @@ def test_a_policy_trained_with_other_settings_is_trained_again(tmp_path):
     assert (folder / "curriculum.json").exists() and json.loads((folder / "settings.json").read_text()) == new
     # the segmentation does not shape an IPR policy, so it does not count
     assert hpl.policy_settings(hpl.parse_config(["--method", "ipr", "--segmentation", "fixed_k"])) == new
+
+
+def test_no_group_ablation_is_read_from_the_ipr_run_because_it_trains_the_same_objective():
+    one = hpl.parse_config(["--no-group"])
+    tag = hpl.method_tag(one)
+    same = dataclasses.replace(one, **hpl.SAME_RUN[tag])
+    assert tag == "hpl-semantic-dual-no_group" and hpl.method_tag(same) == "ipr"
+    assert hpl.trained_levels(one) == hpl.trained_levels(same) == {"traj", "step"}
+    assert hpl.trained_levels(hpl.parse_config(["--no-traj"])) == {"step", "group"}
 
 
 def test_experiment_table_has_mean_std_and_the_papers_numbers():
