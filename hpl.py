@@ -1703,9 +1703,15 @@ EXPERIMENTS = {
     "losses": [{}, dict(no_traj=True), dict(no_step=True), dict(no_group=True)],
     "phases": [dict(eval_phases=True)],
 }
-# HPL without L_group trains IPR's objective (L_BC + trajectory + step DPO on the same pairs, the same steps), so
-# an experiment reads that row from the IPR run instead of training it twice (seed 0: both 41.43 / 47.76).
-SAME_RUN = {"hpl-semantic-dual-no_group": dict(method="ipr", no_group=False)}
+
+
+def same_training(cfg: Config) -> Config:
+    """The run that trains exactly what `cfg` asks for. HPL without L_group trains IPR's objective (L_BC +
+    trajectory + step DPO on the same pairs, the same steps; segmentation and curriculum only shape group pairs),
+    so an experiment reads that row from the IPR run instead of training it twice (seed 0: both 41.43 / 47.76)."""
+    if cfg.method == "hpl" and trained_levels(cfg) == set(METHOD_LEVELS["ipr"]):
+        return dataclasses.replace(cfg, method="ipr", no_group=False)
+    return cfg
 
 
 def score_columns(env: str) -> tuple:
@@ -1733,7 +1739,7 @@ def compare(cfg: Config) -> dict:
             out = cfg.out if seed == cfg.seed or not cfg.out else f"{cfg.out}-seed{seed}"   # --out: first seed's
             one = dataclasses.replace(cfg, compare="", seeds=1, seed=seed, out=out, **over)
             tag = method_tag(one)
-            same = dataclasses.replace(one, **SAME_RUN.get(tag, {}))
+            same = same_training(one)
             results = run(same)
             named = {"sft" if k == "pi_ref (SFT)" else k: v for k, v in results.items()}
             named[tag] = named[method_tag(same)]

@@ -3,7 +3,6 @@ engine, the environments against the real benchmarks' strings, and a smoke run o
 
 Run: python -m pytest -q
 """
-import dataclasses
 import json
 import math
 import os
@@ -479,10 +478,14 @@ def test_a_policy_trained_with_other_settings_is_trained_again(tmp_path):
 
 def test_no_group_ablation_is_read_from_the_ipr_run_because_it_trains_the_same_objective():
     one = hpl.parse_config(["--no-group"])
-    tag = hpl.method_tag(one)
-    same = dataclasses.replace(one, **hpl.SAME_RUN[tag])
-    assert tag == "hpl-semantic-dual-no_group" and hpl.method_tag(same) == "ipr"
+    same = hpl.same_training(one)
+    assert hpl.method_tag(one) == "hpl-semantic-dual-no_group" and hpl.method_tag(same) == "ipr"
     assert hpl.trained_levels(one) == hpl.trained_levels(same) == {"traj", "step"}
+    other = hpl.parse_config(["--no-group", "--lr", "1e-5", "--segmentation", "fixed_k"])   # any settings
+    assert hpl.method_tag(hpl.same_training(other)) == "ipr-lr1e-05"
+    for flags in (["--no-traj"], ["--no-group", "--no-step"], ["--method", "eto"], []):    # trained as asked
+        cfg = hpl.parse_config(flags)
+        assert hpl.same_training(cfg) is cfg
     assert hpl.trained_levels(hpl.parse_config(["--no-traj"])) == {"step", "group"}
 
 
