@@ -1744,11 +1744,13 @@ def compare(cfg: Config) -> dict:
             named = {"sft" if k == "pi_ref (SFT)" else k: v for k, v in results.items()}
             named[tag] = named[method_tag(same)]
             if cfg.compare == "phases":
-                trained = json.load(open(os.path.join(run_dir(one), tag, "policy", "perf.json")))["phases"]
-                paths = [os.path.join(run_dir(one), tag, eval_file(one, phase=k))
+                folder = os.path.join(run_dir(same), method_tag(same))          # where the phases were trained
+                trained = json.load(open(os.path.join(folder, "policy", "perf.json")))["phases"]
+                paths = [os.path.join(folder, eval_file(same, phase=k))
                          for k in range(1, len(trained))]                   # the last phase is eval.json
+                last = named[tag]
                 named = {f"phase {k}": json.load(open(p)) for k, p in enumerate(paths, 1) if os.path.exists(p)}
-                named[f"phase {len(named) + 1}"] = results[tag]
+                named[f"phase {len(named) + 1}"] = last
             for name in (["sft", tag] if cfg.compare != "phases" else list(named)):
                 if name in done:
                     continue
