@@ -35,6 +35,11 @@ import sys
 import time
 from dataclasses import dataclass
 
+try:
+    import fcntl                                          # file locks for results.json (POSIX only)
+except ImportError:
+    fcntl = None
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -211,6 +216,17 @@ def write_json(path: str, obj) -> None:
 
 def write_jsonl(path: str, rows) -> None:
     write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def merge_json(path: str, new: dict) -> dict:
+    """Add `new`'s keys to the JSON object at `path` under an exclusive lock, so that two runs finishing in one
+    folder at the same moment both land (POSIX; elsewhere the merge is unlocked)."""
+    with open(path + ".lock", "w") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)              # released when the file closes
+        merged = {**(json.load(open(path)) if os.path.exists(path) else {}), **new}
+        write_json(path, merged)
+    return merged
 
 
 def read_jsonl(path: str) -> list:
@@ -1656,9 +1672,7 @@ def segmentations(cfg: Config, model, tok, demos: list[dict], root: str, device)
 
 def finish(cfg, root, results, stages, perf) -> dict:
     """Merge this run's evaluations into the folder's results.json, then print the results and the timings."""
-    path = os.path.join(root, "results.json")          # read at the end: another method may have finished meanwhile
-    results = {**(json.load(open(path)) if os.path.exists(path) else {}), **results}
-    write_json(path, results)
+    results = merge_json(os.path.join(root, "results.json"), results)   # another method may have finished meanwhile
     log("\nresults (success %; WebShop/SQL: average reward and success, x100):")
     log(results_table(results, cfg.env))
     log("\nstage times:")

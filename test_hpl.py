@@ -451,6 +451,23 @@ def test_results_json_keeps_what_another_run_in_the_folder_wrote_meanwhile(tmp_p
     assert list(json.loads((tmp_path / "results.json").read_text())) == ["pi_ref (SFT)", "eto", "ipr"]
 
 
+def _merge_keys(path, prefix, n):
+    for i in range(n):
+        hpl.merge_json(path, {f"{prefix}{i}": i})
+
+
+@pytest.mark.skipif(hpl.fcntl is None, reason="file locks are POSIX only")
+def test_results_json_merges_from_two_processes_at_once_lose_nothing(tmp_path):
+    import multiprocessing as mp
+    path = str(tmp_path / "results.json")
+    procs = [mp.get_context("fork").Process(target=_merge_keys, args=(path, p, 60)) for p in "ab"]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert sorted(json.loads(open(path).read())) == sorted(f"{p}{i}" for p in "ab" for i in range(60))
+
+
 def test_every_run_trains_as_many_phases_as_the_curriculum():
     a, b, c = [{"id": 1}], [{"id": 1}, {"id": 2}], [{"id": 1}, {"id": 2}, {"id": 3}]
     assert hpl.training_phases([a, b, c], 3) == [a, b, c]              # Eq. (9) unchanged
