@@ -1418,9 +1418,13 @@ def method_tag(cfg: Config) -> str:
     """The policy's folder name: method, HPL variant, and every training setting that is not the default."""
     tag = cfg.method
     if cfg.method == "hpl":
-        off = "".join(f"-no_{k}" for k in ("traj", "step", "group") if getattr(cfg, f"no_{k}"))
-        tag = f"hpl-{cfg.segmentation}-{cfg.curriculum}{off}"
+        tag = f"hpl-{cfg.segmentation}-{cfg.curriculum}{ablation_suffix(cfg)}"
     return tag + settings_suffix(cfg)
+
+
+def ablation_suffix(cfg: Config) -> str:
+    """"-no_traj", "-no_step", "-no_group" for each level switched off (Figure 5's ablations)."""
+    return "".join(f"-no_{k}" for k in ("traj", "step", "group") if getattr(cfg, f"no_{k}"))
 
 
 def settings_suffix(cfg: Config) -> str:
@@ -1775,8 +1779,8 @@ def compare(cfg: Config) -> dict:
     minutes = (time.time() - t0) / 60
     text = experiment_tables(cfg, rows, by_type, minutes)
     log("\n" + text)
-    os.makedirs("results", exist_ok=True)
     stem = results_stem(cfg)
+    os.makedirs(os.path.dirname(stem), exist_ok=True)
     name = stem + ".md"
     write_text(name, text + "\n")
     write_json(stem + ".json", {"rows": rows, "by_type": by_type, "minutes": minutes})
@@ -1787,9 +1791,11 @@ def compare(cfg: Config) -> dict:
 
 def results_stem(cfg: Config) -> str:
     """results/<env>-<experiment>, plus the preset and training settings when not the defaults, so that
-    experiments made with other settings (e.g. --lr 1e-5) do not overwrite each other."""
+    experiments made with other settings (e.g. --lr 1e-5) do not overwrite each other. With --out the tables go
+    into that folder, and the smoke preset's (numbers that mean nothing) into runs/results, not the repo's results/."""
+    folder = cfg.out or (os.path.join("runs", "results") if cfg.preset == "smoke" else "results")
     preset = "" if cfg.preset == "cpu" else f"-{cfg.preset}"
-    return f"results/{cfg.env}-{cfg.compare}{preset}{settings_suffix(cfg)}"
+    return os.path.join(folder, f"{cfg.env}-{cfg.compare}{preset}{ablation_suffix(cfg)}{settings_suffix(cfg)}")
 
 
 def experiment_tables(cfg: Config, rows: dict, by_type: dict, minutes: float) -> str:

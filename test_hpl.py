@@ -413,6 +413,16 @@ def test_smoke_run_writes_results_and_is_reproducible(tmp_path):
     again = run_cli("--env", "alfworld", "--preset", "smoke", "--out", str(tmp_path / "a"))
     assert again.returncode == 0 and "reusing" in again.stdout
     assert json.loads((tmp_path / "a" / "results.json").read_text()) == outs[0]
+    # --compare phases on the same folder: one row per curriculum phase, read from the run that trained them;
+    # with --no-group that is the IPR run (same_training), not a folder of its own
+    for extra, trained in (((), "hpl-semantic-dual"), (("--no-group",), "ipr")):
+        res = run_cli("--env", "alfworld", "--preset", "smoke", "--out", str(tmp_path / "a"), "--compare", "phases",
+                      *extra)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        table = (tmp_path / "a" / f"alfworld-phases-smoke{'-no_group' if extra else ''}.md").read_text()
+        assert all(f"| phase {k} " in table for k in (1, 2, 3)), table
+        assert list((tmp_path / "a" / trained).glob("eval*-phase2.json"))
+
 
 def test_policy_folder_names_carry_non_default_training_settings():
     cfg = hpl.parse_config(["--env", "alfworld"])
@@ -425,8 +435,11 @@ def test_policy_folder_names_carry_non_default_training_settings():
     assert hpl.results_stem(hpl.parse_config(["--compare", "losses"])) == "results/alfworld-losses"
     stem = hpl.results_stem(hpl.parse_config(["--compare", "losses", "--lr", "1e-5"]))
     assert stem == "results/alfworld-losses-lr1e-05"
+    # smoke numbers mean nothing: they stay out of the repo's results/; --out takes the tables too
     assert hpl.results_stem(hpl.parse_config(["--env", "webshop", "--compare", "methods", "--preset", "smoke"])) \
-        == "results/webshop-methods-smoke"
+        == os.path.join("runs", "results", "webshop-methods-smoke")
+    assert hpl.results_stem(hpl.parse_config(["--compare", "phases", "--out", "/tmp/x"])) == "/tmp/x/alfworld-phases"
+    assert hpl.results_stem(hpl.parse_config(["--compare", "phases", "--no-group"])) == "results/alfworld-phases-no_group"
 
 
 def test_sql_defaults_of_the_cpu_preset_and_the_split_they_evaluate():
