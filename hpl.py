@@ -24,6 +24,7 @@ is listed in README.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -66,6 +67,7 @@ class Config:
     preset: str = "cpu"              # cpu | paper | smoke (see PRESETS)
     seed: int = 0                    # one seed for everything (torch, numpy, random, env tasks, sampling)
     device: str = "auto"             # auto | cpu | cuda | mps
+    precision: str = "auto"          # auto | fp32 | bf16 (autocast over fp32 weights); auto: bf16 for --model on CUDA
     out: str = ""                    # run folder; default runs/<env>/<model>-<preset>-seed<seed>
     # environment
     scene: str = "small"             # ALFWorld room size: small (6-10 receptacles) | full (real sizes)
@@ -178,6 +180,7 @@ def parse_config(argv=None) -> Config:
               ("segmentation", ("fixed_n", "fixed_k", "uncertainty", "semantic")),
               ("curriculum", ("dual", "static", "length", "difficulty")), ("scene", ("small", "full")),
               ("instruction", ("short", "full")), ("sql_eval", ("seen", "test")), ("bc_norm", ("token", "sum")),
+              ("precision", ("auto", "fp32", "bf16")),
               ("compare", ("",) + tuple(EXPERIMENTS))]
     for name, allowed in checks:
         if getattr(cfg, name) not in allowed:
@@ -275,12 +278,12 @@ def build_tiny_model(cfg: Config, vocab_size: int):
 
 
 def load_pretrained(path: str, device: str):
-    """Any causal LM saved with save_pretrained (the tiny model too) or a hub id, with an explicit dtype."""
+    """Any causal LM saved with save_pretrained (the tiny model too) or a hub id, in float32 on every device: the
+    weights AdamW updates stay float32 (the arithmetic: mixed_precision)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
     try:
         tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot load model {path!r}: {first}") from None
@@ -289,6 +292,24 @@ def load_pretrained(path: str, device: str):
     if not tok.chat_template:
         raise UserError(f"model {path!r} has no chat template; HPL renders ReAct conversations with one")
     return model.to(device), tok
+
+
+def mixed_precision(cfg: Config, device: str):
+    """The arithmetic of every forward and backward pass. Weights always stay float32 (load_pretrained): stored in
+    bf16 they would lose AdamW's updates (at lr 3e-6 a weight of ~0.02 moves by ~1e-4 of itself, under bf16's
+    half-step of 2e-3; measured at 1.5B size: 10 steps change 3.9% of bf16 weights, 100% of float32 ones).
+    bf16 = matrix products in bf16 under autocast, as HF Trainer's --bf16 that ETO and IPR train with: the default
+    for a real model on CUDA. The tiny model stays float32 everywhere: in bf16 its DPO margins grew ~10x slower
+    (README, "Using a real model"), and in float32 CUDA gives the CPU's results to the last digit."""
+    bf16 = compute_precision(cfg, device) == "bf16"
+    return torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def compute_precision(cfg: Config, device: str) -> str:
+    """--precision resolved: "auto" is bf16 for a real model (--model) on CUDA, fp32 otherwise."""
+    if cfg.precision != "auto":
+        return cfg.precision
+    return "bf16" if device == "cuda" and cfg.model != "tiny" else "fp32"
 
 
 def end_of_turn_ids(tok) -> list[int]:
@@ -1485,10 +1506,16 @@ def main(argv=None) -> dict:
 
 
 def run(cfg: Config) -> dict:
-    """One pipeline run: SFT -> pi_ref, stage 1 pairs, Eq. (8) training, evaluation (finished stages reused)."""
+    """One pipeline run on the chosen device (see `pipeline`)."""
     device = pick_device(cfg.device)
     if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:      # the user's thread count wins
         torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
+    with mixed_precision(cfg, device):
+        return pipeline(cfg, device)
+
+
+def pipeline(cfg: Config, device: str) -> dict:
+    """SFT -> pi_ref, stage 1 pairs, Eq. (8) training, evaluation (finished stages reused)."""
     root = run_dir(cfg)
     os.makedirs(root, exist_ok=True)
     check_run_dir(cfg, root)
@@ -1498,7 +1525,7 @@ def run(cfg: Config) -> dict:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     log(f"hpl | env {cfg.env} | method {tag} | model {cfg.model} | preset {cfg.preset} | seed {cfg.seed} | "
-        f"device {device} | run folder {root}")
+        f"device {device} ({compute_precision(cfg, device)}) | run folder {root}")
     stages, perf = Stages(root), {}
     train_env = make_env(cfg, "train")
     n_sft = min(cfg.sft_tasks, len(train_env))

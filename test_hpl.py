@@ -210,6 +210,21 @@ def test_tiny_model_and_tokenizer_reload_through_auto_classes(tiny, tmp_path):
         assert torch.allclose(model(ids).logits, model2(ids).logits, atol=1e-6)
     loaded, _ = hpl.load_pretrained(str(tmp_path), "cpu")
     assert isinstance(loaded, type(model))
+    # the weights AdamW updates are float32 on every device; bf16 (autocast) changes the arithmetic, not the weights
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    with hpl.mixed_precision(hpl.Config(precision="bf16"), "cpu"), torch.no_grad():
+        assert loaded(ids).logits.dtype == torch.bfloat16
+    with hpl.mixed_precision(hpl.Config(), "cpu"), torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+def test_precision_is_bf16_only_for_a_real_model_on_cuda_unless_asked():
+    def resolve(model, device, precision="auto"):
+        return hpl.compute_precision(hpl.Config(model=model, precision=precision), device)
+    assert resolve("Qwen/Qwen2.5-1.5B-Instruct", "cuda") == "bf16"
+    assert resolve("tiny", "cuda") == "fp32"          # the tiny model's DPO learns ~10x slower in bf16 (README)
+    assert resolve("Qwen/Qwen2.5-1.5B-Instruct", "cpu") == "fp32"
+    assert resolve("tiny", "cuda", "bf16") == "bf16" and resolve("x", "cuda", "fp32") == "fp32"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -439,7 +454,8 @@ def test_policy_folder_names_carry_non_default_training_settings():
     assert hpl.results_stem(hpl.parse_config(["--env", "webshop", "--compare", "methods", "--preset", "smoke"])) \
         == os.path.join("runs", "results", "webshop-methods-smoke")
     assert hpl.results_stem(hpl.parse_config(["--compare", "phases", "--out", "/tmp/x"])) == "/tmp/x/alfworld-phases"
-    assert hpl.results_stem(hpl.parse_config(["--compare", "phases", "--no-group"])) == "results/alfworld-phases-no_group"
+    stem = hpl.results_stem(hpl.parse_config(["--compare", "phases", "--no-group"]))
+    assert stem == "results/alfworld-phases-no_group"
 
 
 def test_sql_defaults_of_the_cpu_preset_and_the_split_they_evaluate():
