@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -591,6 +592,12 @@ def kv_cache():
     return cache
 
 
+def cache_argument(model) -> str:
+    """The forward() argument that takes the KV cache: `cache` from transformers 5.24 on, `past_key_values` before
+    (5.24 still takes the old name, with a deprecation warning, until 5.40)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def register_grouped_attention() -> str:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -619,6 +626,7 @@ class Rollouts:
 
     def __init__(self, model, tok, env, cfg: Config, device, max_new: int = 128):
         self.model, self.tok, self.env, self.cfg, self.device = model, tok, env, cfg, device
+        self.cache_arg = cache_argument(model)
         self.eot = torch.tensor(end_of_turn_ids(tok), device=device)
         self.pad = tok.pad_token_id
         self.max_new = cfg.max_new_tokens or max_new
@@ -742,10 +750,10 @@ class Rollouts:
         new_mask = (torch.arange(ids.shape[1], device=self.device)[None] < lens[:, None]).long()
         pos = (n_real[:, None] + new_mask.cumsum(1) - 1).clamp(min=0)
         attn = torch.cat([attn, new_mask], 1)
-        out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
-                         use_cache=True)
+        out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True,
+                         **{self.cache_arg: cache})             # the cache grows in place
         last = out.logits[torch.arange(len(block), device=self.device), (lens - 1).clamp(min=0)].float()
-        return out.past_key_values, attn, n_real + lens, last
+        return cache, attn, n_real + lens, last
 
     @staticmethod
     def _select(state, keep: list[int]):
