@@ -1451,9 +1451,14 @@ def method_tag(cfg: Config) -> str:
     return tag + settings_suffix(cfg)
 
 
+def ablated_levels(cfg: Config) -> list:
+    """The levels of Eq. (8) switched off by --no-traj / --no-step / --no-group (Figure 5's ablations), in order."""
+    return [k for k in ("traj", "step", "group") if getattr(cfg, f"no_{k}")]
+
+
 def ablation_suffix(cfg: Config) -> str:
-    """"-no_traj", "-no_step", "-no_group" for each level switched off (Figure 5's ablations)."""
-    return "".join(f"-no_{k}" for k in ("traj", "step", "group") if getattr(cfg, f"no_{k}"))
+    """"-no_traj", "-no_step", "-no_group" for each level switched off."""
+    return "".join(f"-no_{k}" for k in ablated_levels(cfg))
 
 
 def settings_suffix(cfg: Config) -> str:
@@ -1475,7 +1480,7 @@ STAGE_FIELDS = ("env", "model", "seed", "scene", "max_steps", "instruction", "vo
 
 def trained_levels(cfg: Config) -> set:
     """The DPO levels of Eq. (8) a run trains: its method's, less the ablated ones (--no-traj/step/group)."""
-    return set(METHOD_LEVELS[cfg.method]) - {k for k in ("traj", "step", "group") if getattr(cfg, f"no_{k}")}
+    return set(METHOD_LEVELS[cfg.method]) - set(ablated_levels(cfg))
 
 
 def run_dir(cfg: Config) -> str:
