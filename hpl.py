@@ -228,9 +228,17 @@ def merge_json(path: str, new: dict) -> dict:
     with open(path + ".lock", "w") as lock:
         if fcntl is not None:
             fcntl.flock(lock, fcntl.LOCK_EX)              # released when the file closes
-        merged = {**(json.load(open(path)) if os.path.exists(path) else {}), **new}
+        merged = {**read_json(path, {}), **new}
         write_json(path, merged)
     return merged
+
+
+def read_json(path: str, missing=None):
+    """The JSON value in `path`, or `missing` when there is no such file."""
+    if not os.path.exists(path):
+        return missing
+    with open(path) as f:
+        return json.load(f)
 
 
 def read_jsonl(path: str) -> list:
@@ -1374,7 +1382,7 @@ class Stages:
 
     def __init__(self, root: str):
         self.path = os.path.join(root, "stage_times.json")
-        self.saved = json.load(open(self.path)) if os.path.exists(self.path) else {}
+        self.saved = read_json(self.path, {})
         self.times, self.notes, self.reused = {}, {}, []
 
     def run(self, name: str, path: str, compute, load, engine=None):
@@ -1431,7 +1439,7 @@ def forget_stale_policy(folder: str, settings: dict) -> None:
     """A policy folder whose policy was trained with other settings (say, after a default changed) loses that
     policy and its evaluations, so they are made again; the settings of what is (to be) trained are kept."""
     path = os.path.join(folder, "settings.json")
-    old = json.load(open(path)) if os.path.exists(path) else {}
+    old = read_json(path, {})
     if old == settings:
         return
     stale = [n for n in os.listdir(folder) if n == "policy" or n == "log.jsonl" or n.startswith("eval")]
@@ -1495,8 +1503,7 @@ def check_run_dir(cfg: Config, root: str) -> None:
     path = os.path.join(root, "config.json")
     mine = {k: getattr(cfg, k) for k in STAGE_FIELDS}
     if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f).get("stages", {})
+        old = read_json(path).get("stages", {})
         diff = [k for k in STAGE_FIELDS if k in old and old[k] != mine[k]]
         if diff:
             raise UserError(f"{root} was made with other settings ({', '.join(diff)}); pass --out <folder>")
@@ -1566,7 +1573,7 @@ def pipeline(cfg: Config, device: str) -> dict:
         return model, tok
 
     def load_sft(path):
-        perf.update(json.load(open(os.path.join(path, "perf.json"))))
+        perf.update(read_json(os.path.join(path, "perf.json")))
         return load_pretrained(path, device)
 
     model, tok = stages.run("sft (pi_ref)", os.path.join(root, "pi_ref"), do_sft, load_sft)
@@ -1583,7 +1590,7 @@ def pipeline(cfg: Config, device: str) -> dict:
         return res
 
     results["pi_ref (SFT)"] = stages.run("evaluate pi_ref", os.path.join(root, eval_file(cfg, "eval-pi_ref")),
-                                         do_eval, lambda p: json.load(open(p)), eval_counter)
+                                         do_eval, read_json, eval_counter)
     if cfg.method == "sft":
         return finish(cfg, root, results, stages, perf)
 
@@ -1674,13 +1681,16 @@ def pipeline(cfg: Config, device: str) -> dict:
     forget_stale_policy(os.path.join(root, tag), policy_settings(cfg))
     if cfg.eval_phases and os.path.exists(policy) and not all(os.path.exists(phase_path(k))
                                                               for k in range(1, len(schedule))):
-        shutil.rmtree(policy)                   # trained without the per-phase evaluations: train again
-    perf["train"] = stages.run(f"train ({tag})", policy, do_train,
-                               lambda p: json.load(open(os.path.join(p, "perf.json"))))
-    if f"train ({tag})" not in stages.times:        # a finished policy: evaluate the saved weights
+        shutil.rmtree(policy)                   # trained without the per-phase evaluations: train again,
+        final = os.path.join(root, tag, eval_file(cfg))     # and score the new weights at the end too
+        if os.path.exists(final):
+            os.remove(final)
+    train_stage = f"train ({tag}{', with phase evaluations' if cfg.eval_phases else ''})"  # timed apart
+    perf["train"] = stages.run(train_stage, policy, do_train, lambda p: read_json(os.path.join(p, "perf.json")))
+    if train_stage not in stages.times:             # a finished policy: evaluate the saved weights
         model, tok = load_pretrained(policy, device)
     results[tag] = stages.run(f"evaluate {tag}", os.path.join(root, tag, eval_file(cfg)), do_eval,
-                              lambda p: json.load(open(p)), eval_counter)
+                              read_json, eval_counter)
     return finish(cfg, root, results, stages, perf)
 
 
@@ -1690,7 +1700,7 @@ def segmentations(cfg: Config, model, tok, demos: list[dict], root: str, device)
     actions = [d["actions"] for d in demos]
     ent_path = os.path.join(root, "pairs", "entropies.json")
     if os.path.exists(ent_path):
-        ents = json.load(open(ent_path))
+        ents = read_json(ent_path)
     else:
         ents = action_entropies(model, tok, demos, device)
         write_json(ent_path, ents)
@@ -1803,11 +1813,11 @@ def compare(cfg: Config) -> dict:
             named[tag] = named[method_tag(same)]
             if cfg.compare == "phases":
                 folder = os.path.join(run_dir(same), method_tag(same))          # where the phases were trained
-                trained = json.load(open(os.path.join(folder, "policy", "perf.json")))["phases"]
+                trained = read_json(os.path.join(folder, "policy", "perf.json"))["phases"]
                 paths = [os.path.join(folder, eval_file(same, phase=k))
                          for k in range(1, len(trained))]                   # the last phase is eval.json
                 last = named[tag]
-                named = {f"phase {k}": json.load(open(p)) for k, p in enumerate(paths, 1) if os.path.exists(p)}
+                named = {f"phase {k}": read_json(p) for k, p in enumerate(paths, 1) if os.path.exists(p)}
                 named[f"phase {len(named) + 1}"] = last
             for name in (["sft", tag] if cfg.compare != "phases" else list(named)):
                 if name in done:

@@ -436,7 +436,13 @@ def test_smoke_run_writes_results_and_is_reproducible(tmp_path):
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         table = (tmp_path / "a" / f"alfworld-phases-smoke{'-no_group' if extra else ''}.md").read_text()
         assert all(f"| phase {k} " in table for k in (1, 2, 3)), table
-        assert list((tmp_path / "a" / trained).glob("eval*-phase2.json"))
+        phase2 = next((tmp_path / "a" / trained).glob("eval*-phase2.json"))
+        # retrained for the phase evaluations: timed under its own name, and the final weights scored anew
+        times = json.loads((tmp_path / "a" / "stage_times.json").read_text())
+        assert f"train ({trained}, with phase evaluations)" in times
+        assert (f"train ({trained})" in times) == (not extra)          # the first run's time is kept
+        final = [p for p in (tmp_path / "a" / trained).glob("eval*.json") if "phase" not in p.name]
+        assert final and all(p.stat().st_mtime >= phase2.stat().st_mtime for p in final)
 
 
 def test_policy_folder_names_carry_non_default_training_settings():
