@@ -1397,8 +1397,7 @@ class Stages:
         if engine:
             steps, toks = (engine.stats[k] - before[k] for k in ("env_steps", "gen_tokens"))
             self.notes[name] = f"{steps} env steps, {steps / dt:.0f} steps/s, {toks / dt:.0f} generated tok/s"
-        self.saved[name] = {"seconds": dt, "note": self.notes.get(name, "")}
-        write_json(self.path, self.saved)
+        self.saved = merge_json(self.path, {name: {"seconds": dt, "note": self.notes.get(name, "")}})  # runs share
         return result
 
     def table(self) -> str:
@@ -1794,13 +1793,34 @@ def split_scores(res: dict, env: str) -> tuple:
     return split["reward"], split["success"]
 
 
+def num(x: float, sign: str = "") -> str:
+    """Two decimals, and no '-0.00' for a difference that is zero up to float rounding."""
+    return f"{round(float(x), 2) + 0.0:{sign}.2f}"
+
+
 def mean_std(values: list) -> str:
-    return f"{np.mean(values):.2f} +- {np.std(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
+    return f"{num(np.mean(values))} +- {num(np.std(values))}" if len(values) > 1 else num(values[0])
+
+
+def paired_differences(rows: dict, ref: str) -> dict:
+    """Per seed, the reference run's score minus each other run's: {name: [(d_col1, d_col2) per seed]}. Runs of
+    one seed share pi_ref and the stage 1 data, so these differences leave out the spread that seeds put into
+    every run alike (the mean +- std columns keep it in)."""
+    base = rows[ref]
+    return {name: [tuple(b - v for b, v in zip(bs, vs)) for bs, vs in zip(base, vals)]
+            for name, vals in rows.items() if name != ref and len(vals) == len(base)}
+
+
+def paired_cell(diffs: list) -> str:
+    """'+5.97 / +1.49 / +4.48 -> 3.98 +- 1.86 (3/3)': each seed, mean +- std, seeds where the reference is ahead."""
+    seeds = " / ".join(num(d, "+") for d in diffs)
+    return f"{seeds} -> {mean_std(diffs)} ({sum(round(d, 2) > 0 for d in diffs)}/{len(diffs)})"
 
 
 def compare(cfg: Config) -> dict:
     """Run (or reuse) every run an experiment needs for `seeds` seeds; print and write the paper-style tables."""
     rows, by_type, t0 = {}, {}, time.time()              # rows[name] = [(col1, col2) per seed]
+    stages_used = {}                                      # run folder -> the stages its runs needed
     for seed in range(cfg.seed, cfg.seed + cfg.seeds):
         done = set()                                      # pi_ref is shared by all runs of a seed: one row
         for over in EXPERIMENTS[cfg.compare]:
@@ -1809,6 +1829,7 @@ def compare(cfg: Config) -> dict:
             tag = method_tag(one)
             same = same_training(one)
             results = run(same)
+            stages_used.setdefault(run_dir(same), set()).update(stage_names(same))
             named = {"sft" if k == "pi_ref (SFT)" else k: v for k, v in results.items()}
             named[tag] = named[method_tag(same)]
             if cfg.compare == "phases":
@@ -1826,17 +1847,37 @@ def compare(cfg: Config) -> dict:
                 rows.setdefault(name, []).append(split_scores(named[name], cfg.env))
                 if cfg.env == "alfworld":
                     by_type.setdefault(name, []).append(named[name]["unseen"]["by_type"])
-    minutes = (time.time() - t0) / 60
+    minutes = (time.time() - t0) / 60, recorded_minutes(stages_used)
     text = experiment_tables(cfg, rows, by_type, minutes)
     log("\n" + text)
     stem = results_stem(cfg)
     os.makedirs(os.path.dirname(stem), exist_ok=True)
     name = stem + ".md"
     write_text(name, text + "\n")
-    write_json(stem + ".json", {"rows": rows, "by_type": by_type, "minutes": minutes})
+    write_json(stem + ".json", {"rows": rows, "by_type": by_type, "minutes": minutes[0], "run_minutes": minutes[1]})
     plot_experiment(cfg, rows, by_type)
-    log(f"wrote {name} ({minutes:.1f} min)")
+    log(f"wrote {name} ({minutes[0]:.1f} min)")
     return rows
+
+
+def stage_names(cfg: Config) -> list:
+    """The names under which run(cfg) times its stages (Stages.run): shared stage 1, then its own policy."""
+    tag = method_tag(cfg)
+    names = ["sft (pi_ref)", "evaluate pi_ref", "explore (pi_ref greedy)", "step pairs", f"evaluate {tag}",
+             f"train ({tag}{', with phase evaluations' if cfg.eval_phases else ''})"]
+    return names + ([f"group pairs ({cfg.segmentation})"] if "group" in trained_levels(cfg) else [])
+
+
+def recorded_minutes(stages_used: dict) -> float:
+    """What the experiment's runs took when they ran, summed from each run folder's stage_times.json (a retrain
+    with phase evaluations made before it had a stage name of its own was timed under the plain train name)."""
+    total = 0.0
+    for root, names in stages_used.items():
+        times = read_json(os.path.join(root, "stage_times.json"), {})
+        for name in names:
+            entry = times.get(name) or times.get(name.replace(", with phase evaluations)", ")"), {})
+            total += entry.get("seconds", 0.0)
+    return total / 60
 
 
 def results_stem(cfg: Config) -> str:
@@ -1848,13 +1889,15 @@ def results_stem(cfg: Config) -> str:
     return os.path.join(folder, f"{cfg.env}-{cfg.compare}{preset}{ablation_suffix(cfg)}{settings_suffix(cfg)}")
 
 
-def experiment_tables(cfg: Config, rows: dict, by_type: dict, minutes: float) -> str:
-    """Markdown tables in the paper's layout: our mean +- std beside the paper's 1.5B numbers."""
+def experiment_tables(cfg: Config, rows: dict, by_type: dict, minutes: tuple) -> str:
+    """Markdown tables in the paper's layout: our mean +- std beside the paper's 1.5B numbers, then each run
+    paired with HPL by seed. minutes = (this command, its runs as recorded)."""
     cols = score_columns(cfg.env)
     paper, pc = PAPER[cfg.compare], PAPER_COLUMNS[cfg.env]
     source = {"methods": "Table 1", "segmentation": "Table 1", "curriculum": "Table 2 (1 run)",
               "losses": "Figure 5 (7B, 1 run)", "phases": "Figure 4 (1 run)"}[cfg.compare]
-    took = f"{cfg.seeds} seed(s); this command took {minutes:.1f} min, finished runs reused"
+    took = (f"{cfg.seeds} seed(s); its runs took {minutes[1]:.0f} min as their stage times recorded them; this "
+            f"command {minutes[0]:.1f} min, finished runs reused")
     lines = [f"## {cfg.env}: --compare {cfg.compare} ({took})", "",
              "| run | " + " | ".join(f"{c} (ours)" for c in cols) + " | " +
              " | ".join(f"{c} (paper, {source})" for c in cols) + " |", "|---" * (1 + 2 * len(cols)) + "|"]
@@ -1870,6 +1913,12 @@ def experiment_tables(cfg: Config, rows: dict, by_type: dict, minutes: float) ->
                   "| run | " + " | ".join(types) + " |", "|---" * (1 + len(types)) + "|"]
         for name, per_seed in by_type.items():
             lines.append(f"| {name} | " + " | ".join(mean_std([d.get(t, 0.0) for d in per_seed]) for t in types) + " |")
+    ref = list(rows)[-1] if cfg.compare == "phases" else method_tag(dataclasses.replace(cfg, compare="", method="hpl"))
+    if ref in rows and len(rows[ref]) > 1:
+        lines += ["", f"Paired by seed: {ref} minus each run (per seed -> mean +- std, and on how many seeds "
+                      f"{ref} is ahead):", "", "| run | " + " | ".join(cols) + " |", "|---" * (1 + len(cols)) + "|"]
+        for name, diffs in paired_differences(rows, ref).items():
+            lines.append(f"| {name} | " + " | ".join(paired_cell([d[c] for d in diffs]) for c in range(len(cols))) + " |")
     return "\n".join(lines)
 
 

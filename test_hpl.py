@@ -546,13 +546,61 @@ def test_experiment_table_has_mean_std_and_the_papers_numbers():
     cfg = hpl.parse_config(["--env", "alfworld", "--compare", "methods", "--seeds", "2"])
     rows = {"sft": [(20.0, 30.0), (22.0, 34.0)], "eto": [(25.0, 35.0), (25.0, 37.0)]}
     by_type = {"sft": [{"pick": 50.0}, {"pick": 60.0}], "eto": [{"pick": 40.0}, {"pick": 40.0}]}
-    text = hpl.experiment_tables(cfg, rows, by_type, 1.0)
+    text = hpl.experiment_tables(cfg, rows, by_type, (1.0, 2.0))
     assert "| sft | 21.00 +- 1.00 | 32.00 +- 2.00 | 60.95 | 57.96 |" in text        # Table 1, 1.5B SFT
     assert "| eto | 25.00 +- 0.00 | 36.00 +- 1.00 | 65.48 | 66.42 |" in text
     assert "| sft | 55.00 +- 5.00 |" in text and "| eto | 40.00 +- 0.00 |" in text
     ws = hpl.experiment_tables(hpl.parse_config(["--env", "webshop", "--compare", "methods"]),
-                               {"ipr": [(50.0, 20.0)]}, {}, 1.0)
+                               {"ipr": [(50.0, 20.0)]}, {}, (1.0, 2.0))
     assert "| ipr | 50.00 | 20.00 | 57.76 | 27.83 |" in ws                                # WebShop columns
+
+
+def test_paired_table_subtracts_each_run_from_hpl_seed_by_seed():
+    # ALFWorld seen / unseen success per seed (results/alfworld-methods.md): HPL and ETO
+    hpl_row = [(40.71, 49.25), (40.71, 43.28), (40.00, 41.79)]
+    eto_row = [(40.71, 43.28), (40.71, 41.79), (38.57, 37.31)]
+    diffs = hpl.paired_differences({"eto": eto_row, "hpl-semantic-dual": hpl_row}, "hpl-semantic-dual")
+    assert list(diffs) == ["eto"]
+    assert [pytest.approx(d) for d in diffs["eto"]] == [(0.0, 5.97), (0.0, 1.49), (1.43, 4.48)]
+    # unseen: mean 3.98, population std sqrt(((5.97-3.98)^2 + (1.49-3.98)^2 + (4.48-3.98)^2) / 3) = 1.86, 3 wins
+    assert hpl.paired_cell([d[1] for d in diffs["eto"]]) == "+5.97 / +1.49 / +4.48 -> 3.98 +- 1.86 (3/3)"
+    assert hpl.paired_cell([d[0] for d in diffs["eto"]]).endswith("(1/3)")                  # a tie is no win
+    assert hpl.paired_cell([30.0 - 29.999999999, 0.5 - 0.5000000001]) == "+0.00 / +0.00 -> 0.00 +- 0.00 (0/2)"
+    cfg = hpl.parse_config(["--env", "alfworld", "--compare", "methods", "--seeds", "3"])
+    text = hpl.experiment_tables(cfg, {"eto": eto_row, "hpl-semantic-dual": hpl_row}, {}, (1.0, 2.0))
+    assert "| eto | +0.00 / +0.00 / +1.43 -> 0.48 +- 0.67 (1/3) | +5.97 / +1.49 / +4.48 -> 3.98 +- 1.86 (3/3) |" \
+        in text
+    # Figure 4: each phase against the last one (= HPL)
+    phases = hpl.experiment_tables(hpl.parse_config(["--compare", "phases", "--seeds", "2"]),
+                                   {"phase 1": [(1.0, 2.0), (3.0, 4.0)], "phase 2": [(2.0, 5.0), (3.0, 6.0)]}, {}, (1.0, 2.0))
+    assert "| phase 1 | +1.00 / +0.00 -> 0.50 +- 0.50 (1/2) | +3.00 / +2.00 -> 2.50 +- 0.50 (2/2) |" in phases
+
+
+def test_an_experiment_reports_what_its_runs_took_from_the_stage_times(tmp_path):
+    times = {"sft (pi_ref)": 600, "evaluate pi_ref": 60, "explore (pi_ref greedy)": 120, "step pairs": 180,
+             "group pairs (semantic)": 300, "group pairs (fixed_k)": 1000, "train (eto)": 240, "evaluate eto": 60,
+             "train (hpl-semantic-dual)": 480, "train (hpl-semantic-dual, with phase evaluations)": 900,
+             "evaluate hpl-semantic-dual": 60}
+    (tmp_path / "stage_times.json").write_text(json.dumps({k: {"seconds": v, "note": ""} for k, v in times.items()}))
+    eto, hpl_run = hpl.parse_config(["--method", "eto"]), hpl.parse_config([])
+    assert "group pairs (semantic)" not in hpl.stage_names(eto) and "group pairs (semantic)" in hpl.stage_names(hpl_run)
+    used = {str(tmp_path): set(hpl.stage_names(eto)) | set(hpl.stage_names(hpl_run))}
+    assert hpl.recorded_minutes(used) == pytest.approx((600 + 60 + 120 + 180 + 240 + 60 + 300 + 480 + 60) / 60)
+    phases = hpl.parse_config(["--eval-phases"])                     # the retrain with evaluations, not both
+    assert hpl.recorded_minutes({str(tmp_path): set(hpl.stage_names(phases))}) == \
+        pytest.approx((600 + 60 + 120 + 180 + 300 + 900 + 60) / 60)
+    assert hpl.recorded_minutes({str(tmp_path / "none"): {"sft (pi_ref)"}}) == 0.0
+    del times["train (hpl-semantic-dual, with phase evaluations)"]       # timed under the plain name before
+    (tmp_path / "stage_times.json").write_text(json.dumps({k: {"seconds": v, "note": ""} for k, v in times.items()}))
+    assert hpl.recorded_minutes({str(tmp_path): set(hpl.stage_names(phases))}) == \
+        pytest.approx((600 + 60 + 120 + 180 + 300 + 480 + 60) / 60)
+
+
+def test_stage_times_of_two_runs_sharing_a_folder_both_land(tmp_path):
+    first, second = hpl.Stages(str(tmp_path)), hpl.Stages(str(tmp_path))     # both read the file at start
+    first.run("train (eto)", str(tmp_path / "eto"), lambda p: 1, None)
+    second.run("train (ipr)", str(tmp_path / "ipr"), lambda p: 2, None)
+    assert set(json.loads((tmp_path / "stage_times.json").read_text())) == {"train (eto)", "train (ipr)"}
 
 
 def test_results_table_keeps_columns_aligned_for_long_policy_names():
