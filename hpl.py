@@ -1434,6 +1434,11 @@ def policy_settings(cfg: Config) -> dict:
     return {k: getattr(cfg, k) for k in ("method",) + hpl_only + TRAIN_FIELDS}
 
 
+def train_stage_name(cfg: Config) -> str:
+    """A retrain with phase evaluations (Figure 4) is timed apart from the plain training of the same policy."""
+    return f"train ({method_tag(cfg)}{', with phase evaluations' if cfg.eval_phases else ''})"
+
+
 def forget_stale_policy(folder: str, settings: dict) -> None:
     """A policy folder whose policy was trained with other settings (say, after a default changed) loses that
     policy and its evaluations, so they are made again; the settings of what is (to be) trained are kept."""
@@ -1684,7 +1689,7 @@ def pipeline(cfg: Config, device: str) -> dict:
         final = os.path.join(root, tag, eval_file(cfg))     # and score the new weights at the end too
         if os.path.exists(final):
             os.remove(final)
-    train_stage = f"train ({tag}{', with phase evaluations' if cfg.eval_phases else ''})"  # timed apart
+    train_stage = train_stage_name(cfg)
     perf["train"] = stages.run(train_stage, policy, do_train, lambda p: read_json(os.path.join(p, "perf.json")))
     if train_stage not in stages.times:             # a finished policy: evaluate the saved weights
         model, tok = load_pretrained(policy, device)
@@ -1862,9 +1867,8 @@ def compare(cfg: Config) -> dict:
 
 def stage_names(cfg: Config) -> list:
     """The names under which run(cfg) times its stages (Stages.run): shared stage 1, then its own policy."""
-    tag = method_tag(cfg)
-    names = ["sft (pi_ref)", "evaluate pi_ref", "explore (pi_ref greedy)", "step pairs", f"evaluate {tag}",
-             f"train ({tag}{', with phase evaluations' if cfg.eval_phases else ''})"]
+    names = ["sft (pi_ref)", "evaluate pi_ref", "explore (pi_ref greedy)", "step pairs", f"evaluate {method_tag(cfg)}",
+             train_stage_name(cfg)]
     return names + ([f"group pairs ({cfg.segmentation})"] if "group" in trained_levels(cfg) else [])
 
 
