@@ -1922,7 +1922,8 @@ def experiment_tables(cfg: Config, rows: dict, by_type: dict, minutes: tuple) ->
         lines += ["", f"Paired by seed: {ref} minus each run (per seed -> mean +- std, and on how many seeds "
                       f"{ref} is ahead):", "", "| run | " + " | ".join(cols) + " |", "|---" * (1 + len(cols)) + "|"]
         for name, diffs in paired_differences(rows, ref).items():
-            lines.append(f"| {name} | " + " | ".join(paired_cell([d[c] for d in diffs]) for c in range(len(cols))) + " |")
+            cells = [paired_cell([d[c] for d in diffs]) for c in range(len(cols))]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

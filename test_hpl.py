@@ -572,7 +572,8 @@ def test_paired_table_subtracts_each_run_from_hpl_seed_by_seed():
         in text
     # Figure 4: each phase against the last one (= HPL)
     phases = hpl.experiment_tables(hpl.parse_config(["--compare", "phases", "--seeds", "2"]),
-                                   {"phase 1": [(1.0, 2.0), (3.0, 4.0)], "phase 2": [(2.0, 5.0), (3.0, 6.0)]}, {}, (1.0, 2.0))
+                                   {"phase 1": [(1.0, 2.0), (3.0, 4.0)], "phase 2": [(2.0, 5.0), (3.0, 6.0)]}, {},
+                                   (1.0, 2.0))
     assert "| phase 1 | +1.00 / +0.00 -> 0.50 +- 0.50 (1/2) | +3.00 / +2.00 -> 2.50 +- 0.50 (2/2) |" in phases
 
 
