@@ -1890,7 +1890,17 @@ def results_stem(cfg: Config) -> str:
     into that folder, and the smoke preset's (numbers that mean nothing) into runs/results, not the repo's results/."""
     folder = cfg.out or (os.path.join("runs", "results") if cfg.preset == "smoke" else "results")
     preset = "" if cfg.preset == "cpu" else f"-{cfg.preset}"
-    return os.path.join(folder, f"{cfg.env}-{cfg.compare}{preset}{ablation_suffix(cfg)}{settings_suffix(cfg)}")
+    return os.path.join(folder, f"{cfg.env}-{cfg.compare}{preset}{variant_suffix(cfg)}{ablation_suffix(cfg)}"
+                                f"{settings_suffix(cfg)}")
+
+
+def variant_suffix(cfg: Config) -> str:
+    """"-static", "-fixed_k": a segmentation or curriculum other than the default that the experiment itself does not
+    vary; "-seed1": seeds counted from another first seed than 0."""
+    base, varied = Config(**preset_values(cfg.preset, cfg.env)), {k for o in EXPERIMENTS[cfg.compare] for k in o}
+    parts = [getattr(cfg, k) for k in ("segmentation", "curriculum") if k not in varied and getattr(cfg, k) !=
+             getattr(base, k)]
+    return "".join(f"-{p}" for p in parts) + (f"-seed{cfg.seed}" if cfg.seed != base.seed else "")
 
 
 def experiment_tables(cfg: Config, rows: dict, by_type: dict, minutes: tuple) -> str:

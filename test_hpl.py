@@ -461,6 +461,13 @@ def test_policy_folder_names_carry_non_default_training_settings():
         == os.path.join("runs", "results", "webshop-methods-smoke")
     stem = hpl.results_stem(hpl.parse_config(["--compare", "phases", "--out", "some_run"]))
     assert stem == os.path.join("some_run", "alfworld-phases")
+    # the phases of another curriculum, or seeds counted from 1, beside the default table, not over it
+    stem = hpl.results_stem(hpl.parse_config(["--compare", "phases", "--curriculum", "static", "--seed", "1"]))
+    assert stem == "results/alfworld-phases-static-seed1"
+    assert hpl.results_stem(hpl.parse_config(["--compare", "curriculum", "--curriculum", "static"])) \
+        == "results/alfworld-curriculum"                             # the experiment varies it itself
+    assert hpl.results_stem(hpl.parse_config(["--compare", "methods", "--segmentation", "fixed_k"])) \
+        == "results/alfworld-methods-fixed_k"
     stem = hpl.results_stem(hpl.parse_config(["--compare", "phases", "--no-group"]))
     assert stem == "results/alfworld-phases-no_group"
 
