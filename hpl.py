@@ -1378,14 +1378,17 @@ def results_table(results: dict, env: str) -> str:
 class Stages:
     """Times each stage (and the rollouts it runs), and reuses a finished stage's artifact when the same
     command runs again (artifacts are written atomically, so an interrupted run resumes at the stage it was in).
-    Times are kept in the run folder, so the table also shows what reused stages took when they ran."""
+    Times are kept in the run folder, so the table also shows what reused stages took when they ran. `used`
+    collects the name of every stage the run needed, timed or reused (an experiment sums their recorded times)."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, used: set | None = None):
         self.path = os.path.join(root, "stage_times.json")
         self.saved = read_json(self.path, {})
         self.times, self.notes, self.reused = {}, {}, []
+        self.used = set() if used is None else used
 
     def run(self, name: str, path: str, compute, load, engine=None):
+        self.used.add(name)
         if os.path.exists(path):
             log(f"[{name}] reusing {path}")
             self.reused.append(name)
@@ -1434,9 +1437,12 @@ def policy_settings(cfg: Config) -> dict:
     return {k: getattr(cfg, k) for k in ("method",) + hpl_only + TRAIN_FIELDS}
 
 
+PHASE_EVALS = ", with phase evaluations"
+
+
 def train_stage_name(cfg: Config) -> str:
     """A retrain with phase evaluations (Figure 4) is timed apart from the plain training of the same policy."""
-    return f"train ({method_tag(cfg)}{', with phase evaluations' if cfg.eval_phases else ''})"
+    return f"train ({method_tag(cfg)}{PHASE_EVALS if cfg.eval_phases else ''})"
 
 
 def forget_stale_policy(folder: str, settings: dict) -> None:
@@ -1529,16 +1535,16 @@ def main(argv=None) -> dict:
     return compare(cfg) if cfg.compare else run(cfg)
 
 
-def run(cfg: Config) -> dict:
-    """One pipeline run on the chosen device (see `pipeline`)."""
+def run(cfg: Config, used: set | None = None) -> dict:
+    """One pipeline run on the chosen device (see `pipeline`); `used` collects the names of the stages it needed."""
     device = pick_device(cfg.device)
     if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:      # the user's thread count wins
         torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
     with mixed_precision(cfg, device):
-        return pipeline(cfg, device)
+        return pipeline(cfg, device, used)
 
 
-def pipeline(cfg: Config, device: str) -> dict:
+def pipeline(cfg: Config, device: str, used: set | None = None) -> dict:
     """SFT -> pi_ref, stage 1 pairs, Eq. (8) training, evaluation (finished stages reused)."""
     root = run_dir(cfg)
     os.makedirs(root, exist_ok=True)
@@ -1550,7 +1556,7 @@ def pipeline(cfg: Config, device: str) -> dict:
     hf_logging.disable_progress_bar()
     log(f"hpl | env {cfg.env} | method {tag} | model {cfg.model} | preset {cfg.preset} | seed {cfg.seed} | "
         f"device {device} ({compute_precision(cfg, device)}) | run folder {root}")
-    stages, perf = Stages(root), {}
+    stages, perf = Stages(root, used), {}
     train_env = make_env(cfg, "train")
     n_sft = min(cfg.sft_tasks, len(train_env))
 
@@ -1833,8 +1839,7 @@ def compare(cfg: Config) -> dict:
             one = dataclasses.replace(cfg, compare="", seeds=1, seed=seed, out=out, **over)
             tag = method_tag(one)
             same = same_training(one)
-            results = run(same)
-            stages_used.setdefault(run_dir(same), set()).update(stage_names(same))
+            results = run(same, stages_used.setdefault(run_dir(same), set()))
             named = {"sft" if k == "pi_ref (SFT)" else k: v for k, v in results.items()}
             named[tag] = named[method_tag(same)]
             if cfg.compare == "phases":
@@ -1865,13 +1870,6 @@ def compare(cfg: Config) -> dict:
     return rows
 
 
-def stage_names(cfg: Config) -> list:
-    """The names under which run(cfg) times its stages (Stages.run): shared stage 1, then its own policy."""
-    names = ["sft (pi_ref)", "evaluate pi_ref", "explore (pi_ref greedy)", "step pairs", f"evaluate {method_tag(cfg)}",
-             train_stage_name(cfg)]
-    return names + ([f"group pairs ({cfg.segmentation})"] if "group" in trained_levels(cfg) else [])
-
-
 def recorded_minutes(stages_used: dict) -> float:
     """What the experiment's runs took when they ran, summed from each run folder's stage_times.json (a retrain
     with phase evaluations made before it had a stage name of its own was timed under the plain train name)."""
@@ -1879,7 +1877,7 @@ def recorded_minutes(stages_used: dict) -> float:
     for root, names in stages_used.items():
         times = read_json(os.path.join(root, "stage_times.json"), {})
         for name in names:
-            entry = times.get(name) or times.get(name.replace(", with phase evaluations)", ")"), {})
+            entry = times.get(name) or times.get(name.replace(PHASE_EVALS, ""), {})
             total += entry.get("seconds", 0.0)
     return total / 60
 
