@@ -1445,6 +1445,13 @@ def train_stage_name(cfg: Config) -> str:
     return f"train ({method_tag(cfg)}{PHASE_EVALS if cfg.eval_phases else ''})"
 
 
+def remove_outputs(folder: str, names: list) -> None:
+    """Delete these files and folders (a trained policy, its evaluations) from a policy folder, so they are made again."""
+    for n in names:
+        path = os.path.join(folder, n)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
 def forget_stale_policy(folder: str, settings: dict) -> None:
     """A policy folder whose policy was trained with other settings (say, after a default changed) loses that
     policy and its evaluations, so they are made again; the settings of what is (to be) trained are kept."""
@@ -1456,8 +1463,7 @@ def forget_stale_policy(folder: str, settings: dict) -> None:
     if stale:
         changed = ", ".join(k for k in settings if old.get(k) != settings[k]) if old else "not recorded"
         log(f"{folder}: trained with other settings ({changed}); training again")
-        for n in stale:
-            shutil.rmtree(os.path.join(folder, n)) if n == "policy" else os.remove(os.path.join(folder, n))
+        remove_outputs(folder, stale)
     write_json(path, settings)
 
 
@@ -1691,10 +1697,9 @@ def pipeline(cfg: Config, device: str, used: set | None = None) -> dict:
     forget_stale_policy(os.path.join(root, tag), policy_settings(cfg))
     if cfg.eval_phases and os.path.exists(policy) and not all(os.path.exists(phase_path(k))
                                                               for k in range(1, len(schedule))):
-        shutil.rmtree(policy)                   # trained without the per-phase evaluations: train again,
-        final = os.path.join(root, tag, eval_file(cfg))     # and score the new weights at the end too
-        if os.path.exists(final):
-            os.remove(final)
+        # trained without the per-phase evaluations: train again, and score the new weights at the end too
+        remove_outputs(os.path.join(root, tag), [n for n in ("policy", eval_file(cfg))
+                                                 if os.path.exists(os.path.join(root, tag, n))])
     train_stage = train_stage_name(cfg)
     perf["train"] = stages.run(train_stage, policy, do_train, lambda p: read_json(os.path.join(p, "perf.json")))
     if train_stage not in stages.times:             # a finished policy: evaluate the saved weights
