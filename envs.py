@@ -1629,45 +1629,60 @@ def _goal_instruction(rng, ptype: str, attributes: list[str], options: dict, pri
     return text.strip(".") + price_text                                   # goal.py get_human_goals
 
 
-def _target_rank(index: BM25, query: str, target: int) -> int | None:
-    hits = index.search(query)
-    return hits.index(target) if target in hits else None
+def _visible_match(product: dict, ptype: str, attributes: list[str], price_upper: float) -> int:
+    """What a shopper reads of a product on a results page, its title and price: -1 if the title does not name
+    the wanted type or the lowest price shown is over the budget, else how many of the goal's attributes it shows."""
+    title = product["Title"].lower()
+    if ptype.lower() not in title or product["pricing"][0] > price_upper:
+        return -1
+    return sum(a.lower() in title for a in attributes)
 
 
-def _webshop_expert_queries(rng, index, target, ptype, attributes, options, price_upper) -> tuple[str, ...] | None:
+def _webshop_expert_queries(rng, index, products, target, ptype, attributes, options, price_upper,
+                            wanted: str) -> tuple[str, ...] | None:
     """The expert's searches for a goal, chosen so that it finds the target: a first query (type + key
     attributes, or a broad one: the type's head noun, the attributes alone) that shows the target on page 1
     ("direct") or page 2 ("page": the expert clicks Next >), or a first query that does not show it on page 1
-    followed by a refined one (all attributes + options) that does ("refine"). The wanted mix is drawn per
-    goal (40/25/35 %); None if no query works."""
+    followed by a refined one (all attributes + options) that does ("refine"); None if no query gives the
+    `wanted` kind (drawn per goal, 40/25/35 %: the goal then takes another target).
+
+    The expert knows its target, but its choices must be readable from the pages, or imitation learns to guess
+    an ID: on the page where it clicks, the target is the first product whose title shows the most goal
+    attributes (of the wanted type, within budget), and on each page it passes over, no product looks as good."""
     refined = " ".join([*attributes, ptype, *options.values()])
     head = ptype.split()[-1]                        # "puzzle", "lamp", "case": broad, shared between types
     first = [f"{ptype} {attributes[0]}", f"{' '.join(attributes)} {ptype}", ptype, head, " ".join(attributes),
              f"{attributes[0]} {ptype} price < {price_upper:.2f}"]
     rng.shuffle(first)
-    wanted = rng.choices(["direct", "page", "refine"], [0.4, 0.25, 0.35])[0]
-    fallback = None
+    size, want = WebShop.PAGE_SIZE, _visible_match(products[target], ptype, attributes, price_upper)
+
+    def page(query, k):                             # results page k: its products' visible matches, the target's place
+        hits = index.search(query)[(k - 1) * size:k * size]
+        return [_visible_match(products[h], ptype, attributes, price_upper) for h in hits], \
+            (hits.index(target) if target in hits else None)
+
+    def picks_target(query, k):
+        seen, at = page(query, k)
+        return at is not None and want >= 1 and seen.index(max(seen)) == at
+
+    def passes_over(query, k):
+        return max(page(query, k)[0], default=-1) < want
+
     for q in dict.fromkeys(first):
-        r = _target_rank(index, q, target)
-        if r is not None and r < 10:
-            kind, plan = "direct", (q,)
-        else:                                       # not on page 1: page on, or refine the query
-            plans = {}
-            if r is not None and r < 20:
+        plans = {}
+        if picks_target(q, 1):
+            plans["direct"] = (q,)
+        elif passes_over(q, 1):                     # nothing on page 1 looks right: page on, or refine the query
+            if picks_target(q, 2):
                 plans["page"] = (q,)
-            r_refined = _target_rank(index, refined, target) if q != refined else None
-            if r_refined is not None and r_refined < 10:
+            if q != refined and picks_target(refined, 1):
                 plans["refine"] = (q, refined)
-            if not plans:
-                continue
-            kind, plan = (wanted, plans[wanted]) if wanted in plans else next(iter(plans.items()))
-        if kind == wanted:
-            return plan
-        fallback = fallback or plan
-    return fallback
+        if wanted in plans:
+            return plans[wanted]
+    return None
 
 
-def _make_webshop_goal(rng, products, index, target) -> dict | None:
+def _make_webshop_goal(rng, products, index, target, wanted: str) -> dict | None:
     """A goal for one target product: its type, 1-3 of its attributes, one value per option, the price cap."""
     p = products[target]
     attributes = rng.sample(p["Attributes"], rng.randint(1, min(3, len(p["Attributes"]))))
@@ -1675,7 +1690,8 @@ def _make_webshop_goal(rng, products, index, target) -> dict | None:
     price_upper = webshop_price_upper(rng, p["price"])
     if price_upper >= 1000000:                      # no price cap above 990 dollars: not a target here
         return None
-    queries = _webshop_expert_queries(rng, index, target, p["type"], attributes, options, price_upper)
+    queries = _webshop_expert_queries(rng, index, products, target, p["type"], attributes, options, price_upper,
+                                      wanted)
     if queries is None:
         return None
     return dict(asin=p["asin"], category=p["category"], query=p["query"], name=p["name"],
@@ -1698,9 +1714,10 @@ def generate_webshop_goals(products, index, seed, sizes: dict[str, int]) -> dict
         goals[split] = []
         for i in range(sizes[split]):
             attempt = 0
+            wanted = stable_rng(seed, "webshop", split, i).choices(["direct", "page", "refine"], [0.4, 0.25, 0.35])[0]
             while True:
                 rng = stable_rng(seed, "webshop", split, i, attempt)
-                goal = _make_webshop_goal(rng, products, index, rng.choice(pools[split]))
+                goal = _make_webshop_goal(rng, products, index, rng.choice(pools[split]), wanted)
                 if goal is not None and goal["instruction_text"] not in seen:
                     seen.add(goal["instruction_text"])
                     goals[split].append(goal)

@@ -1484,6 +1484,35 @@ def test_expert_refines_pages_and_inspects_sometimes(ws_test):
     assert sum("click[Description]" in a or "click[Features]" in a for a in actions) >= 30
 
 
+def test_expert_picks_what_its_pages_show(ws_test):
+    """Imitation can only learn a choice the observation explains: where the expert clicks a product, it is the first
+    one on the page whose title (of the goal's type, lowest price within budget) shows the most goal attributes, and
+    a page it passes over (Next >, Back to Search) shows nothing as good."""
+    def looks(product, goal):
+        title = product["Title"].lower()
+        if goal["type"].lower() not in title or product["pricing"][0] > goal["price_upper"]:
+            return -1
+        return sum(a in title for a in goal["attributes"])
+    passed = 0
+    for i in range(len(ws_test)):
+        env = ws_test.clone()
+        env.reset(i)
+        goal = env.goal
+        while not env.done:
+            action = env.expert_step()[1]
+            if env.page == "results":
+                page = [env.data.products[j] for j in env.results[(env.page_no - 1) * 10:env.page_no * 10]]
+                seen = [looks(p, goal) for p in page]
+                target = looks(env.data.products[goal["target"]], goal)
+                if action.startswith("click[B0"):
+                    assert target >= 1 and page[seen.index(max(seen))]["asin"] == action[6:-1], (i, seen)
+                else:
+                    assert max(seen, default=-1) < target, (i, seen)
+                    passed += 1
+            env.step(action)
+    assert passed >= 50                                   # pages passed over do occur
+
+
 def test_expert_recovers_after_wrong_moves(ws_train):
     env = ws_train.clone()
     env.reset(11)
