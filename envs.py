@@ -1655,6 +1655,8 @@ def _webshop_expert_queries(rng, index, products, target, ptype, attributes, opt
              f"{attributes[0]} {ptype} price < {price_upper:.2f}"]
     rng.shuffle(first)
     size, want = WebShop.PAGE_SIZE, _visible_match(products[target], ptype, attributes, price_upper)
+    if want < 1:                                    # its title shows none of the goal's attributes
+        return None
 
     def page(query, k):                             # results page k: its products' visible matches, the target's place
         hits = index.search(query)[(k - 1) * size:k * size]
@@ -1663,22 +1665,20 @@ def _webshop_expert_queries(rng, index, products, target, ptype, attributes, opt
 
     def picks_target(query, k):
         seen, at = page(query, k)
-        return at is not None and want >= 1 and seen.index(max(seen)) == at
+        return at is not None and seen.index(max(seen)) == at
 
     def passes_over(query, k):
         return max(page(query, k)[0], default=-1) < want
 
+    if wanted == "refine" and not picks_target(refined, 1):
+        return None
     for q in dict.fromkeys(first):
-        plans = {}
-        if picks_target(q, 1):
-            plans["direct"] = (q,)
-        elif passes_over(q, 1):                     # nothing on page 1 looks right: page on, or refine the query
-            if picks_target(q, 2):
-                plans["page"] = (q,)
-            if q != refined and picks_target(refined, 1):
-                plans["refine"] = (q, refined)
-        if wanted in plans:
-            return plans[wanted]
+        if wanted == "direct" and picks_target(q, 1):
+            return (q,)
+        if wanted == "page" and passes_over(q, 1) and picks_target(q, 2):
+            return (q,)
+        if wanted == "refine" and q != refined and passes_over(q, 1):   # nothing on page 1 looks right
+            return q, refined
     return None
 
 
