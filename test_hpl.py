@@ -479,6 +479,22 @@ def test_policy_folder_names_carry_non_default_training_settings():
     assert stem == "results/alfworld-phases-no_group"
 
 
+@pytest.mark.parametrize("env_name", ["alfworld", "webshop", "intercode_sql"])
+def test_the_default_context_holds_every_expert_episode(env_name):
+    """Rollouts end an episode once its tokens reach max_len minus two turn budgets. At the default settings that
+    must leave room for the expert's whole trajectory on every evaluated task, or success is capped whatever the
+    policy learns (at max_len 2048, 97 of WebShop's 200 test episodes did not fit: result pages are long)."""
+    cfg = hpl.parse_config(["--env", env_name])
+    demos = [hpl.expert_episode(hpl.make_env(cfg, "train"), i, cfg) for i in range(300)]
+    tok = hpl.train_tiny_tokenizer([json.dumps(d["messages"]) for d in demos], cfg.vocab_size)
+    room = cfg.max_len - 2 * hpl.turn_token_budget(tok, demos)
+    for split in hpl.eval_splits(cfg):
+        env = hpl.make_env(cfg, split)
+        longest = max(len(hpl.render_chat(tok, hpl.expert_episode(env, i, cfg)["messages"])[0])
+                      for i in range(len(env)))
+        assert longest <= room, (split, longest, room)
+
+
 def test_sql_defaults_of_the_cpu_preset_and_the_split_they_evaluate():
     cfg = hpl.parse_config(["--env", "intercode_sql"])
     assert (cfg.sft_epochs, hpl.eval_splits(cfg)) == (8.0, ("seen",))              # ENV_PRESETS, --sql-eval
