@@ -86,7 +86,7 @@ class Config:
     max_len: int = 2048              # context limit in tokens; a longer episode ends there (WebShop: 4096)
     # behaviour cloning, Eq. (1) -> pi_ref
     sft_tasks: int = 3553            # train tasks whose expert trajectories form D_expert
-    sft_epochs: float = 2.5          # passes over D_expert (InterCode-SQL: 8, see ENV_PRESETS; paper: 3)
+    sft_epochs: float = 2.5          # passes over D_expert (WebShop, InterCode-SQL: 8, see ENV_PRESETS; paper: 3)
     sft_batch: int = 4               # trajectories per optimizer step (paper: 32)
     sft_lr: float = 3e-3             # peak learning rate (paper: 1e-5 on a pre-trained model)
     sft_warmup: float = 0.03         # warmup fraction (paper: 0.1)
@@ -144,9 +144,9 @@ PRESETS = {
                   explore_tasks=6, mc_rollouts=2, step_branches=1, group_branches=1, n_neg=1, neg_tries=1,
                   batch=4, eval_tasks=6, max_steps=8, max_new_tokens=40),
 }
-ENV_PRESETS = {   # per-env values of the cpu preset: at 2.5 epochs the tiny model solves 0.5% of SQL's seen tasks;
-    ("cpu", "intercode_sql"): dict(sft_epochs=8.0),      # WebShop's result pages make half its expert episodes
-    ("cpu", "webshop"): dict(max_len=4096),               # longer than 2048 - 2 turn budgets (README, Results)
+ENV_PRESETS = {   # per-env values of the cpu preset (README, Results): at 2.5 epochs the tiny model solves 0.5% of
+    ("cpu", "intercode_sql"): dict(sft_epochs=8.0),      # SQL's seen tasks and WebShop's; WebShop's result pages make
+    ("cpu", "webshop"): dict(sft_epochs=8.0, max_len=4096),   # half its episodes longer than 2048 - 2 turn budgets
 }
 PAPER_LR = {"alfworld": 3e-6, "webshop": 1e-6, "intercode_sql": 1e-6}      # Table 4
 LENGTH_THRESHOLDS = {"alfworld": (0, 3, 6), "webshop": (0, 2, 4), "intercode_sql": (0, 2, 4)}   # Table 4

@@ -504,6 +504,8 @@ def test_sql_defaults_of_the_cpu_preset_and_the_split_they_evaluate():
     assert (paper.sft_epochs, hpl.eval_splits(paper), hpl.eval_file(paper)) == (3, ("test",), "eval.json")
     alf = hpl.parse_config(["--env", "alfworld"])
     assert (alf.sft_epochs, hpl.eval_splits(alf)) == (2.5, ("seen", "unseen"))
+    shop = hpl.parse_config(["--env", "webshop"])
+    assert (shop.sft_epochs, shop.max_len, alf.max_len) == (8.0, 4096, 2048)
     assert hpl.method_tag(cfg) == "hpl-semantic-dual"                               # per-env values are defaults
     with pytest.raises(hpl.UserError, match="sql-eval"):
         hpl.parse_config(["--env", "intercode_sql", "--sql-eval", "dev"])
