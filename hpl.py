@@ -1447,7 +1447,7 @@ def train_stage_name(cfg: Config) -> str:
 
 
 def remove_outputs(folder: str, names: list) -> None:
-    """Delete these files and folders (a trained policy, its evaluations) from a policy folder, so they are made again."""
+    """Delete these files and folders (a policy, its evaluations) from a policy folder, so they are made again."""
     for n in names:
         path = os.path.join(folder, n)
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
