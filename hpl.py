@@ -556,6 +556,12 @@ def turn_token_budget(tok, demos: list[dict]) -> int:
     return int(1.25 * max(len(ids) for ids in tok(turns, add_special_tokens=False)["input_ids"])) + 8
 
 
+def context_room(cfg: Config, max_new: int) -> int:
+    """Tokens an episode may hold before Rollouts ends it: max_len less two turn budgets (room for one more turn
+    and its observation)."""
+    return cfg.max_len - 2 * max_new
+
+
 def grouped_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Attention in which the query heads that share a key/value head (GQA) are stacked and multiplied against
     it directly. transformers' CPU path copies every key/value head `n_rep` times (repeat_kv) when there is a
@@ -716,7 +722,7 @@ class Rollouts:
         self.stats["env_steps"] += 1
         self.stats["gen_tokens"] += len(tokens)
         limit = row["job"].turns and row["turns"] >= row["job"].turns
-        return done or bool(limit) or bool(looping) or n_tokens >= self.cfg.max_len - 2 * self.max_new
+        return done or bool(limit) or bool(looping) or n_tokens >= context_room(self.cfg, self.max_new)
 
     def _next_prompt_tokens(self, row: dict) -> list[int]:
         """Tokens that take the conversation from the generated turn to the next generation prompt."""

@@ -487,7 +487,7 @@ def test_the_default_context_holds_every_expert_episode(env_name):
     cfg = hpl.parse_config(["--env", env_name])
     demos = [hpl.expert_episode(hpl.make_env(cfg, "train"), i, cfg) for i in range(300)]
     tok = hpl.train_tiny_tokenizer([json.dumps(d["messages"]) for d in demos], cfg.vocab_size)
-    room = cfg.max_len - 2 * hpl.turn_token_budget(tok, demos)
+    room = hpl.context_room(cfg, hpl.turn_token_budget(tok, demos))
     for split in hpl.eval_splits(cfg):
         env = hpl.make_env(cfg, split)
         longest = max(len(hpl.render_chat(tok, hpl.expert_episode(env, i, cfg)["messages"])[0])
