@@ -144,9 +144,11 @@ PRESETS = {
                   explore_tasks=6, mc_rollouts=2, step_branches=1, group_branches=1, n_neg=1, neg_tries=1,
                   batch=4, eval_tasks=6, max_steps=8, max_new_tokens=40),
 }
-ENV_PRESETS = {   # per-env values of the cpu preset (README, Results): at 2.5 epochs the tiny model solves 0.5% of
-    ("cpu", "intercode_sql"): dict(sft_epochs=8.0),      # SQL's seen tasks and WebShop's; WebShop's result pages make
-    ("cpu", "webshop"): dict(sft_epochs=8.0, max_len=4096),   # half its episodes longer than 2048 - 2 turn budgets
+# Per-env values of the cpu preset (README, Results): at 2.5 epochs the tiny model solves 0.5% of SQL's seen tasks
+# and of WebShop's; WebShop's result pages make half its episodes longer than context_room at max_len 2048.
+ENV_PRESETS = {
+    ("cpu", "intercode_sql"): dict(sft_epochs=8.0),
+    ("cpu", "webshop"): dict(sft_epochs=8.0, max_len=4096),
 }
 PAPER_LR = {"alfworld": 3e-6, "webshop": 1e-6, "intercode_sql": 1e-6}      # Table 4
 LENGTH_THRESHOLDS = {"alfworld": (0, 3, 6), "webshop": (0, 2, 4), "intercode_sql": (0, 2, 4)}   # Table 4
@@ -1453,10 +1455,13 @@ def train_stage_name(cfg: Config) -> str:
 
 
 def remove_outputs(folder: str, names: list) -> None:
-    """Delete these files and folders (a policy, its evaluations) from a policy folder, so they are made again."""
+    """Delete those of these files and folders (a policy, its evaluations) that exist, so they are made again."""
     for n in names:
         path = os.path.join(folder, n)
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
 
 
 def forget_stale_policy(folder: str, settings: dict) -> None:
@@ -1705,8 +1710,7 @@ def pipeline(cfg: Config, device: str, used: set | None = None) -> dict:
     if cfg.eval_phases and os.path.exists(policy) and not all(os.path.exists(phase_path(k))
                                                               for k in range(1, len(schedule))):
         # trained without the per-phase evaluations: train again, and score the new weights at the end too
-        remove_outputs(os.path.join(root, tag), [n for n in ("policy", eval_file(cfg))
-                                                 if os.path.exists(os.path.join(root, tag, n))])
+        remove_outputs(os.path.join(root, tag), ["policy", eval_file(cfg)])
     train_stage = train_stage_name(cfg)
     perf["train"] = stages.run(train_stage, policy, do_train, lambda p: read_json(os.path.join(p, "perf.json")))
     if train_stage not in stages.times:             # a finished policy: evaluate the saved weights
