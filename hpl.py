@@ -565,20 +565,20 @@ def context_room(cfg: Config, max_new: int) -> int:
 
 
 def grouped_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Attention in which the query heads that share a key/value head (GQA) are stacked and multiplied against
-    it directly. transformers' CPU path copies every key/value head `n_rep` times (repeat_kv) when there is a
-    padding mask, which dominates the cost of decoding long conversations; the result here is the same.
+    """Attention for the rollout engine: PyTorch's fused scaled_dot_product_attention with the query heads that
+    share a key/value head (GQA) read against it directly. transformers' own CPU path copies every key/value
+    head `n_rep` times (repeat_kv) when there is a padding mask, which dominates the cost of decoding long
+    conversations. transformers passes no mask when nothing is padded and the block is the whole sequence (a
+    prompt prefilled alone): attention is then causal, aligned to the block's end.
 
     query: [B, H, q, D]; key, value: [B, KV, T, D]; attention_mask: bool [B, 1, q, T] (True = visible) or None.
     Returns [B, q, H, D], as transformers' attention functions do."""
-    B, H, q, D = query.shape
-    KV, T = key.shape[1], key.shape[2]
-    scores = (query.reshape(B, KV, H // KV * q, D) @ key.transpose(-1, -2)).view(B, KV, H // KV, q, T)
-    scores = scores * (scaling if scaling is not None else D ** -0.5)
-    if attention_mask is not None:       # finite fill: a padding query that sees nothing gets no NaN
-        scores = scores.masked_fill(~attention_mask[:, :, None], torch.finfo(scores.dtype).min)
-    probs = scores.softmax(-1).view(B, KV, H // KV * q, T)
-    return (probs @ value).view(B, H, q, D).transpose(1, 2), None
+    q, T = query.shape[2], key.shape[2]
+    if attention_mask is None and q > 1:
+        attention_mask = torch.ones(q, T, dtype=torch.bool, device=query.device).tril(T - q)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
+                                         enable_gqa=True)
+    return out.transpose(1, 2), None
 
 
 def kv_cache():

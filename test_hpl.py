@@ -256,14 +256,35 @@ def naive_greedy(model, tok, env, cfg, task, max_new):
         fed = full
 
 
-def test_rollout_engine_matches_full_recomputation(tiny):
+@pytest.mark.parametrize("rollout_batch", [1, 3])     # 1: every row is prefilled alone, with no padding mask
+def test_rollout_engine_matches_full_recomputation(tiny, rollout_batch):
     cfg, env, demos, tok, model = tiny
-    cfg = hpl.Config(**{**cfg.__dict__, "max_new_tokens": 12, "rollout_batch": 3})
+    cfg = hpl.Config(**{**cfg.__dict__, "max_new_tokens": 12, "rollout_batch": rollout_batch})
     engine = hpl.Rollouts(model, tok, env, cfg, "cpu")
     results = engine.run([hpl.Job(i) for i in range(5)], seed=0)
     for i, res in enumerate(results):
         assert res["messages"] == naive_greedy(model, tok, env.clone(), cfg, i, 12)
     assert engine.stats["episodes"] == 5
+
+
+@pytest.mark.parametrize("n_rows", [1, 2])       # 1: a lone prompt has no padding, so no mask reaches attention
+def test_rollout_prefill_logits_equal_a_plain_forward(tiny, n_rows):
+    cfg, env, demos, tok, model = tiny
+    engine = hpl.Rollouts(model, tok, env, cfg, "cpu")
+    rows = [engine._start(j, hpl.Job(j, hpl.expert_prefix(demos[j], j))) for j in range(n_rows)]
+    config = model.config
+    saved, config._attn_implementation = config._attn_implementation, hpl.register_grouped_attention()
+    try:
+        cache, attn, n_real, logits = engine._prefill(rows)
+    finally:
+        config._attn_implementation = saved
+    for b, row in enumerate(rows):
+        text = tok.apply_chat_template(row["messages"], tokenize=False, add_generation_prompt=True)
+        ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            full = model(input_ids=ids).logits[0, -1]
+        assert int(n_real[b]) == ids.shape[1]
+        assert torch.allclose(logits[b], full, atol=1e-4)
 
 
 def test_rollout_engine_prefix_turns_and_sampling_are_reproducible(tiny):
