@@ -609,7 +609,7 @@ def test_experiment_table_has_mean_std_and_the_papers_numbers():
 
 
 def test_paired_table_subtracts_each_run_from_hpl_seed_by_seed():
-    # ALFWorld seen / unseen success per seed (results/alfworld-methods.md): HPL and ETO
+    # ALFWorld seen / unseen success per seed (results/before-attention-fix/alfworld-methods.md): HPL and ETO
     hpl_row = [(40.71, 49.25), (40.71, 43.28), (40.00, 41.79)]
     eto_row = [(40.71, 43.28), (40.71, 41.79), (38.57, 37.31)]
     diffs = hpl.paired_differences({"eto": eto_row, "hpl-semantic-dual": hpl_row}, "hpl-semantic-dual")
