@@ -569,7 +569,8 @@ def grouped_attention(module, query, key, value, attention_mask, scaling=None, d
     share a key/value head (GQA) read against it directly. transformers' own CPU path copies every key/value
     head `n_rep` times (repeat_kv) when there is a padding mask, which dominates the cost of decoding long
     conversations. transformers passes no mask when nothing is padded and the block is the whole sequence (a
-    prompt prefilled alone): attention is then causal, aligned to the block's end.
+    prompt prefilled alone): attention is then causal, aligned to the block's end. A query that sees nothing
+    (none does here) gets zeros, not NaN.
 
     query: [B, H, q, D]; key, value: [B, KV, T, D]; attention_mask: bool [B, 1, q, T] (True = visible) or None.
     Returns [B, q, H, D], as transformers' attention functions do."""
@@ -615,12 +616,19 @@ def cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def register_grouped_attention() -> str:
+@contextlib.contextmanager
+def grouped_attention_in(model):
+    """The model attends with `grouped_attention` inside the block (the rollout engine), its own way after."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
     AttentionInterface.register("hpl_grouped", grouped_attention)
     AttentionMaskInterface.register("hpl_grouped", sdpa_mask)
-    return "hpl_grouped"
+    config = model.config
+    saved, config._attn_implementation = config._attn_implementation, "hpl_grouped"
+    try:
+        yield
+    finally:
+        config._attn_implementation = saved
 
 
 @dataclass(frozen=True)
@@ -656,12 +664,8 @@ class Rollouts:
 
     def run(self, jobs: list[Job], seed: int) -> list[dict]:
         """Run every job; returns one result per job, in the jobs' order."""
-        config = self.model.config
-        saved, config._attn_implementation = config._attn_implementation, register_grouped_attention()
-        try:
+        with grouped_attention_in(self.model):
             return self._run(jobs, seed)
-        finally:
-            config._attn_implementation = saved
 
     @torch.no_grad()
     def _run(self, jobs: list[Job], seed: int) -> list[dict]:

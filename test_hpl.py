@@ -272,12 +272,8 @@ def test_rollout_prefill_logits_equal_a_plain_forward(tiny, n_rows):
     cfg, env, demos, tok, model = tiny
     engine = hpl.Rollouts(model, tok, env, cfg, "cpu")
     rows = [engine._start(j, hpl.Job(j, hpl.expert_prefix(demos[j], j))) for j in range(n_rows)]
-    config = model.config
-    saved, config._attn_implementation = config._attn_implementation, hpl.register_grouped_attention()
-    try:
+    with hpl.grouped_attention_in(model):
         cache, attn, n_real, logits = engine._prefill(rows)
-    finally:
-        config._attn_implementation = saved
     for b, row in enumerate(rows):
         text = tok.apply_chat_template(row["messages"], tokenize=False, add_generation_prompt=True)
         ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
