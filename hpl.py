@@ -1880,12 +1880,12 @@ def compare(cfg: Config) -> dict:
     minutes = (time.time() - t0) / 60, recorded_minutes(stages_used)
     text = experiment_tables(cfg, rows, by_type, minutes)
     log("\n" + text)
-    stem = results_stem(cfg)
+    stem = unclobbered_stem(results_stem(cfg), cfg.seeds)
     os.makedirs(os.path.dirname(stem), exist_ok=True)
     name = stem + ".md"
     write_text(name, text + "\n")
     write_json(stem + ".json", {"rows": rows, "by_type": by_type, "minutes": minutes[0], "run_minutes": minutes[1]})
-    plot_experiment(cfg, rows, by_type)
+    plot_experiment(cfg, rows, by_type, stem)
     log(f"wrote {name} ({minutes[0]:.1f} min)")
     return rows
 
@@ -1910,6 +1910,13 @@ def results_stem(cfg: Config) -> str:
     preset = "" if cfg.preset == "cpu" else f"-{cfg.preset}"
     return os.path.join(folder, f"{cfg.env}-{cfg.compare}{preset}{variant_suffix(cfg)}{ablation_suffix(cfg)}"
                                 f"{settings_suffix(cfg)}")
+
+
+def unclobbered_stem(stem: str, seeds: int) -> str:
+    """`stem`, unless a table over more seeds is already there: then `stem`-<seeds>seed, so that a run with fewer
+    seeds never overwrites one with more."""
+    there = read_json(stem + ".json", {}).get("rows", {})
+    return stem if max(map(len, there.values()), default=0) <= seeds else f"{stem}-{seeds}seed"
 
 
 def variant_suffix(cfg: Config) -> str:
@@ -1955,7 +1962,7 @@ def experiment_tables(cfg: Config, rows: dict, by_type: dict, minutes: tuple) ->
     return "\n".join(lines)
 
 
-def plot_experiment(cfg: Config, rows: dict, by_type: dict) -> None:
+def plot_experiment(cfg: Config, rows: dict, by_type: dict, stem: str) -> None:
     """Bars in the style of Figures 4-5, when matplotlib is installed (it is optional)."""
     try:
         import matplotlib
@@ -1976,7 +1983,7 @@ def plot_experiment(cfg: Config, rows: dict, by_type: dict) -> None:
     ax.set_title(f"{cfg.env}: {cfg.compare}")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(results_stem(cfg) + ".png", dpi=120)
+    fig.savefig(stem + ".png", dpi=120)
     plt.close(fig)
 
 

@@ -496,6 +496,15 @@ def test_policy_folder_names_carry_non_default_training_settings():
     assert stem == "results/alfworld-phases-no_group"
 
 
+def test_a_table_over_fewer_seeds_never_overwrites_one_over_more(tmp_path):
+    stem = str(tmp_path / "alfworld-methods")
+    assert hpl.unclobbered_stem(stem, 1) == stem                          # nothing there yet
+    hpl.write_json(stem + ".json", {"rows": {"sft": [[40.0, 41.0]] * 3, "hpl-semantic-dual": [[42.0, 44.0]] * 3}})
+    assert hpl.unclobbered_stem(stem, 3) == stem                          # the same seeds: a refresh
+    assert hpl.unclobbered_stem(stem, 5) == stem                          # more seeds replace it
+    assert hpl.unclobbered_stem(stem, 1) == stem + "-1seed"               # fewer go beside it
+
+
 @pytest.mark.parametrize("env_name", ["alfworld", "webshop", "intercode_sql"])
 def test_the_default_context_holds_every_expert_episode(env_name):
     """Rollouts end an episode once its tokens reach max_len minus two turn budgets. At the default settings that
