@@ -210,8 +210,9 @@ def log(msg: str) -> None:
 
 
 def write_text(path: str, text: str) -> None:
-    """Atomic write: a temp file renamed into place, so an interrupted run never leaves half a file."""
-    tmp = path + ".tmp"
+    """Atomic write: a temp file renamed into place, so an interrupted run never leaves half a file (the temp
+    name is the process's own, so runs side by side in one folder never rename each other's temp file)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)

@@ -562,6 +562,25 @@ def test_results_json_merges_from_two_processes_at_once_lose_nothing(tmp_path):
     assert sorted(json.loads(open(path).read())) == sorted(f"{p}{i}" for p in "ab" for i in range(60))
 
 
+def _write_config(path, n):
+    for i in range(n):
+        hpl.write_json(path, {"stages": {"seed": 0}, "i": i})
+
+
+def test_two_processes_writing_one_file_at_once_never_fail(tmp_path):
+    # runs started side by side in one folder all write its config.json: each must rename its own temp file
+    import multiprocessing as mp
+    path = str(tmp_path / "config.json")
+    procs = [mp.get_context("fork").Process(target=_write_config, args=(path, 400)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert json.loads(open(path).read())["i"] == 399
+    assert os.listdir(tmp_path) == ["config.json"]                     # no temp file left behind
+
+
 def test_every_run_trains_as_many_phases_as_the_curriculum():
     a, b, c = [{"id": 1}], [{"id": 1}, {"id": 2}], [{"id": 1}, {"id": 2}, {"id": 3}]
     assert hpl.training_phases([a, b, c], 3) == [a, b, c]              # Eq. (9) unchanged
