@@ -111,7 +111,7 @@ class Config:
     # preference optimization, Eqs. (3)-(5), (8)
     beta: float = 0.3                # DPO temperature beta (Table 4)
     lr: float = 3e-5                 # peak learning rate (paper: 3e-6 ALFWorld, 1e-6 WebShop/SQL); at 1e-5 the
-                                     # group level hardly learns, 1e-4 hurt (README, Results)
+                                     # group level hardly learns, 1e-4 hurt unless --bc-norm sum (README, Results)
     batch: int = 8                   # pairs per level per step, and expert trajectories for L_BC (paper: 32)
     epochs: float = 1.0              # passes over each phase's group pairs (Table 4: 1)
     phases: int = 3                  # training phases of every run; a schedule with fewer (static, or a run
