@@ -1964,7 +1964,9 @@ def experiment_tables(cfg: Config, rows: dict, by_type: dict, minutes: tuple) ->
 
 
 def plot_experiment(cfg: Config, rows: dict, by_type: dict, stem: str) -> None:
-    """Bars in the style of Figures 4-5, when matplotlib is installed (it is optional)."""
+    """Bars in the style of Figures 4-5, when matplotlib is installed (it is optional): (a) each run's score per
+    split, mean and std over seeds; (b) with task types (ALFWorld), unseen success by type, one bar per run, as
+    Figure 4(b) shows each type at the end of each phase."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -1972,17 +1974,28 @@ def plot_experiment(cfg: Config, rows: dict, by_type: dict, stem: str) -> None:
     except ImportError:
         log("matplotlib not installed: no PNG figure (the markdown table has the numbers)")
         return
-    cols = score_columns(cfg.env)
-    names = list(rows)
-    fig, ax = plt.subplots(figsize=(1.4 + 1.1 * len(names), 3.2))
+    cols, names = score_columns(cfg.env), list(rows)
+    width = 1.4 + 1.1 * len(names)
+    types = sorted(next(iter(by_type.values()))[0]) if by_type else []
+    fig, axes = plt.subplots(1, 2 if types else 1, figsize=(width + (7.0 if types else 0), 3.2), squeeze=False,
+                             gridspec_kw={"width_ratios": [width, 7.0] if types else [1]})
+    ax = axes[0][0]
     for c, col in enumerate(cols):
         means = [np.mean([v[c] for v in rows[n]]) for n in names]
         stds = [np.std([v[c] for v in rows[n]]) for n in names]
         ax.bar(np.arange(len(names)) + (c - 0.5) * 0.4, means, 0.4, yerr=stds, label=col)
     ax.set_xticks(np.arange(len(names)), names, rotation=20, ha="right", fontsize=7)
     ax.set_ylabel("%")
-    ax.set_title(f"{cfg.env}: {cfg.compare}")
+    ax.set_title(("(a) " if types else "") + f"{cfg.env}: {cfg.compare}", fontsize=9)
     ax.legend(fontsize=7)
+    if types:
+        ax, w = axes[0][1], 0.8 / len(by_type)
+        for i, (name, per_seed) in enumerate(by_type.items()):
+            means = [np.mean([d.get(t, 0.0) for d in per_seed]) for t in types]
+            ax.bar(np.arange(len(types)) + (i - (len(by_type) - 1) / 2) * w, means, w, label=name)
+        ax.set_xticks(np.arange(len(types)), types, fontsize=7)
+        ax.set_title("(b) unseen success by task type, mean over seeds", fontsize=9)
+        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(stem + ".png", dpi=120)
     plt.close(fig)
