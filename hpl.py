@@ -1830,6 +1830,11 @@ def num(x: float, sign: str = "") -> str:
     return f"{round(float(x), 2) + 0.0:{sign}.2f}"
 
 
+def task_types(by_type: dict) -> list[str]:
+    """The task types of by_type[run] = [{type: success %} per seed], sorted; [] when the env has none."""
+    return sorted(next(iter(by_type.values()))[0]) if by_type else []
+
+
 def mean_std(values: list) -> str:
     return f"{num(np.mean(values))} +- {num(np.std(values))}" if len(values) > 1 else num(values[0])
 
@@ -1948,7 +1953,7 @@ def experiment_tables(cfg: Config, rows: dict, by_type: dict, minutes: tuple) ->
         lines.append(f"| {name} | " + " | ".join(mean_std([v[c] for v in vals]) for c in range(len(cols))) + " | " +
                      " | ".join("-" if x is None else f"{x:.2f}" for x in theirs) + " |")
     if by_type:
-        types = sorted(next(iter(by_type.values()))[0])
+        types = task_types(by_type)
         lines += ["", "ALFWorld unseen success by task type (ours; Tables 6-7 / Figure 4 layout):", "",
                   "| run | " + " | ".join(types) + " |", "|---" * (1 + len(types)) + "|"]
         for name, per_seed in by_type.items():
@@ -1976,7 +1981,7 @@ def plot_experiment(cfg: Config, rows: dict, by_type: dict, stem: str) -> None:
         return
     cols, names = score_columns(cfg.env), list(rows)
     width = 1.4 + 1.1 * len(names)
-    types = sorted(next(iter(by_type.values()))[0]) if by_type else []
+    types = task_types(by_type)
     fig, axes = plt.subplots(1, 2 if types else 1, figsize=(width + (7.0 if types else 0), 3.2), squeeze=False,
                              gridspec_kw={"width_ratios": [width, 7.0] if types else [1]})
     ax = axes[0][0]
