@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 
 try:
-    import fcntl                                          # file locks for results.json (POSIX only)
+    import fcntl                                          # file locks for run folders (POSIX only)
 except ImportError:
     fcntl = None
 
@@ -226,12 +226,25 @@ def write_jsonl(path: str, rows) -> None:
     write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
-def merge_json(path: str, new: dict) -> dict:
-    """Add `new`'s keys to the JSON object at `path` under an exclusive lock, so that two runs finishing in one
-    folder at the same moment both land (POSIX; elsewhere the merge is unlocked)."""
+@contextlib.contextmanager
+def exclusive(path: str, waiting=None):
+    """Hold an exclusive lock on `path` + ".lock" for the `with` block, so that two processes never write `path`
+    at once; `waiting()` is called first when another process holds it (POSIX; elsewhere nothing is locked)."""
     with open(path + ".lock", "w") as lock:
         if fcntl is not None:
-            fcntl.flock(lock, fcntl.LOCK_EX)              # released when the file closes
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if waiting:
+                    waiting()
+                fcntl.flock(lock, fcntl.LOCK_EX)          # blocks; released when the file closes
+        yield
+
+
+def merge_json(path: str, new: dict) -> dict:
+    """Add `new`'s keys to the JSON object at `path` under an exclusive lock, so that two runs finishing in one
+    folder at the same moment both land."""
+    with exclusive(path):
         merged = {**read_json(path, {}), **new}
         write_json(path, merged)
     return merged
@@ -1402,11 +1415,18 @@ class Stages:
         self.used = set() if used is None else used
 
     def run(self, name: str, path: str, compute, load, engine=None):
+        """The stage's artifact at `path`: loaded when it exists, else computed. Both happen under a lock on
+        `path`, so that two runs needing the same stage (a --compare beside a single run) compute it once."""
         self.used.add(name)
-        if os.path.exists(path):
-            log(f"[{name}] reusing {path}")
-            self.reused.append(name)
-            return load(path)
+        with exclusive(path, waiting=lambda: log(f"[{name}] another run is computing it: waiting to reuse it")):
+            if os.path.exists(path):
+                log(f"[{name}] reusing {path}")
+                self.reused.append(name)
+                self.saved = read_json(self.path, {})     # with its time, if another run has just finished it
+                return load(path)
+            return self._compute(name, path, compute, engine)
+
+    def _compute(self, name: str, path: str, compute, engine):
         log(f"[{name}] ...")
         before, t0 = dict(engine.stats) if engine else None, time.time()
         result = compute(path)

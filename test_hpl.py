@@ -681,6 +681,33 @@ def test_stage_times_of_two_runs_sharing_a_folder_both_land(tmp_path):
     assert set(json.loads((tmp_path / "stage_times.json").read_text())) == {"train (eto)", "train (ipr)"}
 
 
+def _compute_stage_slowly(root, started):
+    def compute(path):
+        started.set()                                   # the lock on the stage is held from here
+        time.sleep(1.0)
+        hpl.write_text(path, "computed by the other run")
+        return "computed"
+    hpl.Stages(root).run("explore (pi_ref greedy)", os.path.join(root, "explored.txt"), compute, None)
+
+
+@pytest.mark.skipif(hpl.fcntl is None, reason="file locks are POSIX only")
+def test_a_stage_another_run_is_computing_is_waited_for_and_reused(tmp_path, capsys):
+    import multiprocessing as mp
+    ctx = mp.get_context("fork")
+    started = ctx.Event()
+    other = ctx.Process(target=_compute_stage_slowly, args=(str(tmp_path), started))
+    other.start()
+    assert started.wait(30)
+    calls = []
+    stages = hpl.Stages(str(tmp_path))
+    got = stages.run("explore (pi_ref greedy)", str(tmp_path / "explored.txt"),
+                     lambda p: calls.append(p) or "computed twice", lambda p: open(p).read())
+    other.join(30)
+    assert (got, calls, stages.reused) == ("computed by the other run", [], ["explore (pi_ref greedy)"])
+    assert "[explore (pi_ref greedy)] another run is computing it: waiting to reuse it" in capsys.readouterr().out
+    assert "explore (pi_ref greedy)" in stages.saved            # the other run's time, read after it finished
+
+
 def test_results_table_keeps_columns_aligned_for_long_policy_names():
     split = lambda s, t: {"success": s, "reward": s, "by_type": {"pick": t}}       # noqa: E731
     res = {"pi_ref (SFT)": {"seen": split(42.857, 50.0), "unseen": split(41.791, 50.0)},
