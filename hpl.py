@@ -1341,11 +1341,13 @@ def eval_splits(cfg: Config) -> tuple:
     return {"alfworld": ("seen", "unseen"), "webshop": ("test",), "intercode_sql": (cfg.sql_eval,)}[cfg.env]
 
 
-def evaluate(model, tok, cfg: Config, device, max_new: int, stats: dict = None) -> dict:
+def evaluate(model, tok, cfg: Config, device, max_new: int, stats: dict = None, episodes: str = None) -> dict:
     """Greedy episodes on every evaluation split: success rate, average reward, per-task-type success.
-    `stats` (optional) accumulates the rollout counters (env steps, generated tokens)."""
+    `stats` (optional) accumulates the rollout counters (env steps, generated tokens); `episodes` (optional) is a
+    .jsonl path that gets every episode (split, task, type, reward, won, turns; messages from the task's first
+    observation on, the shared instructions left out)."""
     model.eval()
-    out = {}
+    out, played = {}, []
     for split in eval_splits(cfg):
         env = make_env(cfg, split)
         n = len(env) if not cfg.eval_tasks else min(cfg.eval_tasks, len(env))
@@ -1354,6 +1356,8 @@ def evaluate(model, tok, cfg: Config, device, max_new: int, stats: dict = None) 
         by_type = {}
         for i, r in enumerate(res):
             by_type.setdefault(env.task_type(i), []).append(r["won"])
+            played.append({"split": split, "task": i, "type": env.task_type(i), "reward": r["reward"],
+                           "won": r["won"], "turns": r["turns"], "messages": r["messages"][r["n_start"] - 1:]})
         out[split] = {"success": 100 * float(np.mean([r["won"] for r in res])),
                       "reward": 100 * float(np.mean([r["reward"] for r in res])),
                       "n": n, "avg_turns": float(np.mean([r["turns"] for r in res])),
@@ -1362,7 +1366,14 @@ def evaluate(model, tok, cfg: Config, device, max_new: int, stats: dict = None) 
         if stats is not None:
             for k, v in engine.stats.items():
                 stats[k] = stats.get(k, 0) + v
+    if episodes:
+        write_jsonl(episodes, played)
     return out
+
+
+def episodes_file(eval_path: str) -> str:
+    """Where an evaluation's episodes go: beside its summary, eval-seen.json -> eval-seen.episodes.jsonl."""
+    return eval_path[:-len(".json")] + ".episodes.jsonl"
 
 
 def eval_file(cfg: Config, stem: str = "eval", phase: int = 0) -> str:
@@ -1638,7 +1649,7 @@ def pipeline(cfg: Config, device: str, used: set | None = None) -> dict:
     eval_counter = Rollouts.counter()
 
     def do_eval(path):
-        res = evaluate(model, tok, cfg, device, max_new, eval_counter.stats)
+        res = evaluate(model, tok, cfg, device, max_new, eval_counter.stats, episodes_file(path))
         write_json(path, res)
         return res
 
@@ -1721,7 +1732,8 @@ def pipeline(cfg: Config, device: str, used: set | None = None) -> dict:
 
         def eval_phase(k):                                     # Figure 4: the policy after phase k
             log(f"[evaluate {tag} after phase {k}] ...")
-            write_json(phase_path(k), evaluate(model, tok, cfg, device, max_new, eval_counter.stats))
+            write_json(phase_path(k), evaluate(model, tok, cfg, device, max_new, eval_counter.stats,
+                                               episodes_file(phase_path(k))))
         info.update(train(model, train_levels, train_phases, bc_data, cfg, device,
                           os.path.join(root, tag, "log.jsonl"), eval_phase if cfg.eval_phases else None,
                           min_pairs=n_traj_pairs))
@@ -1735,7 +1747,7 @@ def pipeline(cfg: Config, device: str, used: set | None = None) -> dict:
     if cfg.eval_phases and os.path.exists(policy) and not all(os.path.exists(phase_path(k))
                                                               for k in range(1, len(schedule))):
         # trained without the per-phase evaluations: train again, and score the new weights at the end too
-        remove_outputs(os.path.join(root, tag), ["policy", eval_file(cfg)])
+        remove_outputs(os.path.join(root, tag), ["policy", eval_file(cfg), episodes_file(eval_file(cfg))])
     train_stage = train_stage_name(cfg)
     perf["train"] = stages.run(train_stage, policy, do_train, lambda p: read_json(os.path.join(p, "perf.json")))
     if train_stage not in stages.times:             # a finished policy: evaluate the saved weights

@@ -441,6 +441,17 @@ def test_smoke_run_writes_results_and_is_reproducible(tmp_path):
     assert {"seen", "unseen"} <= set(outs[0]["hpl-semantic-dual"])
     for name in ("pi_ref", "log.jsonl"):
         assert any(p.name.startswith(name.split(".")[0]) for p in (tmp_path / "a").rglob("*"))
+    # each evaluation keeps its episodes beside its summary, and they add up to it
+    policy, name = tmp_path / "a" / "hpl-semantic-dual", hpl.eval_file(hpl.parse_config(["--preset", "smoke"]))
+    played = [json.loads(line) for line in (policy / hpl.episodes_file(name)).read_text().splitlines()]
+    for split, summary in json.loads((policy / name).read_text()).items():
+        rows = [r for r in played if r["split"] == split]
+        assert [r["task"] for r in rows] == list(range(summary["n"]))
+        assert 100 * sum(r["reward"] for r in rows) / len(rows) == pytest.approx(summary["reward"])
+        assert sum(r["turns"] for r in rows) / len(rows) == pytest.approx(summary["avg_turns"])
+        first = rows[0]["messages"]
+        assert first[0]["role"] == "user" and first[0]["content"].startswith("You are in the middle of a room")
+        assert [m["role"] for m in first[1:3]] == ["assistant", "user"]
     # the same command again reuses every finished stage
     again = run_cli("--env", "alfworld", "--preset", "smoke", "--out", str(tmp_path / "a"))
     assert again.returncode == 0 and "reusing" in again.stdout
