@@ -1355,8 +1355,9 @@ def evaluate(model, tok, cfg: Config, device, max_new: int, stats: dict = None, 
         res = engine.run([Job(i) for i in range(n)], cfg.seed)
         by_type = {}
         for i, r in enumerate(res):
-            by_type.setdefault(env.task_type(i), []).append(r["won"])
-            played.append({"split": split, "task": i, "type": env.task_type(i), "reward": r["reward"],
+            kind = env.task_type(i)
+            by_type.setdefault(kind, []).append(r["won"])
+            played.append({"split": split, "task": i, "type": kind, "reward": r["reward"],
                            "won": r["won"], "turns": r["turns"], "messages": r["messages"][r["n_start"] - 1:]})
         out[split] = {"success": 100 * float(np.mean([r["won"] for r in res])),
                       "reward": 100 * float(np.mean([r["reward"] for r in res])),
