@@ -283,6 +283,21 @@ def test_rollout_prefill_logits_equal_a_plain_forward(tiny, n_rows):
         assert torch.allclose(logits[b], full, atol=1e-4)
 
 
+@pytest.mark.parametrize("q", [1, 3])            # 1: decoding (query heads folded per key/value head); 3: a block
+def test_grouped_attention_equals_attention_over_repeated_key_value_heads(q):
+    g = torch.Generator().manual_seed(0)
+    B, H, KV, T, D = 3, 6, 2, 7, 4
+    query, key, value = (torch.randn(B, n, t, D, generator=g) for n, t in ((H, q), (KV, T), (KV, T)))
+    mask = torch.ones(B, 1, q, T, dtype=torch.bool).tril(T - q)
+    mask[1, :, :, 2:4] = False                                       # a padded row: two masked slots
+    out, _ = hpl.grouped_attention(None, query, key, value, mask)
+    k, v = key.repeat_interleave(H // KV, 1), value.repeat_interleave(H // KV, 1)  # query head h reads kv h // 3
+    scores = (query @ k.transpose(-1, -2) / D ** 0.5).masked_fill(~mask, float("-inf"))
+    expected = (scores.softmax(-1) @ v).transpose(1, 2)              # [B, q, H, D]
+    assert out.shape == (B, q, H, D)
+    assert torch.allclose(out, expected, atol=1e-6)
+
+
 def test_rollout_engine_prefix_turns_and_sampling_are_reproducible(tiny):
     cfg, env, demos, tok, model = tiny
     engine = hpl.Rollouts(model, tok, env, cfg, "cpu")
