@@ -1739,8 +1739,7 @@ def pipeline(cfg: Config, device: str, used: set | None = None) -> dict:
 
         def eval_phase(k):                                     # Figure 4: the policy after phase k
             log(f"[evaluate {tag} after phase {k}] ...")
-            write_json(phase_path(k), evaluate(model, tok, cfg, device, max_new, eval_counter.stats,
-                                               episodes_file(phase_path(k))))
+            do_eval(phase_path(k))                             # the model being trained, as do_eval sees it
         info.update(train(model, train_levels, train_phases, bc_data, cfg, device,
                           os.path.join(root, tag, "log.jsonl"), eval_phase if cfg.eval_phases else None,
                           min_pairs=n_traj_pairs))
