@@ -1276,6 +1276,15 @@ def level_gradient_norms(model, losses: dict) -> dict:
     return norms
 
 
+FIXED_LEVELS = ("traj", "step")      # the levels trained on the same pairs in every phase (group pairs grow)
+
+
+def level_batches(levels: dict, cfg: Config, length) -> dict:
+    """An endless batch stream per fixed level, seeded by the level's name, not its place among the levels
+    present: an ablation that drops one level (--no-traj) leaves the others' batches exactly as HPL draws them."""
+    return {name: Cycler(p, cfg.batch, cfg.seed + FIXED_LEVELS.index(name), length) for name, p in levels.items() if p}
+
+
 def train(model, levels: dict, phases: list, bc_data: list, cfg: Config, device, log_path: str,
           after_phase=None, min_pairs: int = 0) -> dict:
     """Optimise Eq. (8) phase by phase: each phase continues from the previous one's weights and has its own
@@ -1285,7 +1294,7 @@ def train(model, levels: dict, phases: list, bc_data: list, cfg: Config, device,
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr or PAPER_LR[cfg.env], weight_decay=0.0)
     peak = opt.param_groups[0]["lr"]
     pair_len = lambda p: len(p["chosen_ids"]) + len(p["rejected_ids"])     # noqa: E731
-    fixed = {name: Cycler(p, cfg.batch, cfg.seed + i, pair_len) for i, (name, p) in enumerate(levels.items()) if p}
+    fixed = level_batches(levels, cfg, pair_len)
     bc = Cycler(bc_data, cfg.batch, cfg.seed + 7, lambda d: len(d[0])) if bc_data is not None else None
     timings, rows, grad_norms = [], [], {}
     model.train()

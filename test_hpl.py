@@ -429,6 +429,17 @@ def test_train_step_changes_weights_and_stops_on_nonfinite(tiny, tmp_path):
         hpl.train(policy, {"traj": pairs}, [[]], None, cfg, "cpu", str(tmp_path / "log2.jsonl"))
 
 
+def test_an_ablation_leaves_the_other_levels_batches_as_hpl_draws_them():
+    cfg = hpl.Config(batch=2, seed=3)
+    traj, step = [f"t{i}" for i in range(7)], [f"s{i}" for i in range(9)]
+    full = hpl.level_batches({"traj": traj, "step": step}, cfg, len)
+    no_traj = hpl.level_batches({"step": step}, cfg, len)
+    assert set(no_traj) == {"step"}
+    assert [full["step"].next() for _ in range(12)] == [no_traj["step"].next() for _ in range(12)]
+    no_step = hpl.level_batches({"traj": traj, "step": []}, cfg, len)
+    assert [full["traj"].next() for _ in range(12)] == [no_step["traj"].next() for _ in range(12)]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The command line and the whole pipeline
 # ---------------------------------------------------------------------------------------------------------
