@@ -1733,7 +1733,7 @@ def pipeline(cfg: Config, device: str, used: set | None = None) -> dict:
     def do_train(path):
         seed_everything(cfg.seed + 5)
         bc_data = [render_chat(tok, d["messages"]) for d in demos]
-        train_levels = {k: levels[k] for k in ("traj", "step") if k in levels_needed}
+        train_levels = {k: levels[k] for k in FIXED_LEVELS if k in levels_needed}
         train_phases = schedule
         if cfg.method == "rft":     # rejection-sampling fine-tuning: L_BC on D_expert + pi_ref's own successes
             bc_data += [render_chat(tok, e["messages"]) for e in explored if e["won"]]
