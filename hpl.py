@@ -1901,9 +1901,37 @@ def paired_cell(diffs: list) -> str:
     return f"{seeds} -> {mean_std(diffs)} ({sum(round(d, 2) > 0 for d in diffs)}/{len(diffs)})"
 
 
+def task_outcomes(eval_path: str) -> dict | None:
+    """{(split, task): won} for every episode of an evaluation, read from its episode file; None if not kept."""
+    path = episodes_file(eval_path)
+    return {(e["split"], e["task"]): bool(e["won"]) for e in read_jsonl(path)} if os.path.exists(path) else None
+
+
+def discordant_tasks(ref: list, other: list, split: str) -> tuple[int, int]:
+    """Over the seeds both runs were evaluated on (outcome dicts per seed, as `task_outcomes`), the tasks of
+    `split` that `ref` wins and `other` loses, and those `other` wins and `ref` loses."""
+    b = c = 0
+    for mine, theirs in zip(ref, other):
+        if mine is None or theirs is None:
+            continue
+        for key, won in mine.items():
+            if key[0] == split and key in theirs:
+                b += won and not theirs[key]
+                c += theirs[key] and not won
+    return b, c
+
+
+def mcnemar_p(b: int, c: int) -> float:
+    """Exact two-sided McNemar test on b : c discordant tasks: if both policies were equally good, each such task
+    would fall either way with chance 1/2, and p is the chance of a split at least this uneven."""
+    n = b + c
+    return 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n)
+
+
 def compare(cfg: Config) -> dict:
     """Run (or reuse) every run an experiment needs for `seeds` seeds; print and write the paper-style tables."""
     rows, by_type, t0 = {}, {}, time.time()              # rows[name] = [(col1, col2) per seed]
+    outcomes = {}                                         # outcomes[name] = [task_outcomes per seed]
     stages_used = {}                                      # run folder -> the stages its runs needed
     for seed in range(cfg.seed, cfg.seed + cfg.seeds):
         done = set()                                      # pi_ref is shared by all runs of a seed: one row
@@ -1915,29 +1943,35 @@ def compare(cfg: Config) -> dict:
             results = run(same, stages_used.setdefault(run_dir(same), set()))
             named = {"sft" if k == "pi_ref (SFT)" else k: v for k, v in results.items()}
             named[tag] = named[method_tag(same)]
-            if cfg.compare == "phases":
-                folder = os.path.join(run_dir(same), method_tag(same))          # where the phases were trained
+            folder = os.path.join(run_dir(same), method_tag(same))
+            evals = {"sft": os.path.join(run_dir(same), eval_file(same, "eval-pi_ref")),
+                     tag: os.path.join(folder, eval_file(same))}
+            if cfg.compare == "phases":                                     # folder: where the phases were trained
                 trained = read_json(os.path.join(folder, "policy", "perf.json"))["phases"]
                 paths = [os.path.join(folder, eval_file(same, phase=k))
                          for k in range(1, len(trained))]                   # the last phase is eval.json
-                last = named[tag]
-                named = {f"phase {k}": read_json(p) for k, p in enumerate(paths, 1) if os.path.exists(p)}
-                named[f"phase {len(named) + 1}"] = last
+                final = named[tag], evals[tag]
+                evals = {f"phase {k}": p for k, p in enumerate(paths, 1) if os.path.exists(p)}
+                named = {name: read_json(p) for name, p in evals.items()}
+                last = f"phase {len(named) + 1}"
+                named[last], evals[last] = final
             for name in (["sft", tag] if cfg.compare != "phases" else list(named)):
                 if name in done:
                     continue
                 done.add(name)
                 rows.setdefault(name, []).append(split_scores(named[name], cfg.env))
+                outcomes.setdefault(name, []).append(task_outcomes(evals[name]))
                 if cfg.env == "alfworld":
                     by_type.setdefault(name, []).append(named[name]["unseen"]["by_type"])
     minutes = (time.time() - t0) / 60, recorded_minutes(stages_used)
-    text = experiment_tables(cfg, rows, by_type, minutes)
+    text = experiment_tables(cfg, rows, by_type, minutes, outcomes)
     log("\n" + text)
     stem = unclobbered_stem(results_stem(cfg), cfg.seeds)
     os.makedirs(os.path.dirname(stem), exist_ok=True)
     name = stem + ".md"
     write_text(name, text + "\n")
-    write_json(stem + ".json", {"rows": rows, "by_type": by_type, "minutes": minutes[0], "run_minutes": minutes[1]})
+    write_json(stem + ".json", {"rows": rows, "by_type": by_type, "minutes": minutes[0], "run_minutes": minutes[1],
+                                "discordant_tasks": task_table_cells(cfg, outcomes)[1]})
     plot_experiment(cfg, rows, by_type, stem)
     log(f"wrote {name} ({minutes[0]:.1f} min)")
     return rows
@@ -1981,9 +2015,41 @@ def variant_suffix(cfg: Config) -> str:
     return "".join(f"-{p}" for p in parts) + (f"-seed{cfg.seed}" if cfg.seed != base.seed else "")
 
 
-def experiment_tables(cfg: Config, rows: dict, by_type: dict, minutes: tuple) -> str:
+def reference_run(cfg: Config, rows: dict) -> str:
+    """The run every other is paired with: HPL as configured (Figure 4: the last phase)."""
+    return list(rows)[-1] if cfg.compare == "phases" else method_tag(dataclasses.replace(cfg, compare="", method="hpl"))
+
+
+def task_table_cells(cfg: Config, outcomes: dict) -> tuple[list, dict]:
+    """Task by task against the reference run, over all seeds: per run and evaluation split, [tasks the reference
+    wins and the run loses, the reverse, exact McNemar p]. Returns the markdown lines and those numbers; runs whose
+    episode files were not kept are left out."""
+    if not outcomes:
+        return [], {}
+    ref, splits = reference_run(cfg, outcomes), eval_splits(cfg)
+    if ref not in outcomes or all(o is None for o in outcomes[ref]):
+        return [], {}
+    cells = {}
+    for name, per_seed in outcomes.items():
+        if name == ref or all(o is None for o in per_seed):
+            continue
+        for split in splits:
+            b, c = discordant_tasks(outcomes[ref], per_seed, split)
+            cells.setdefault(name, {})[split] = [b, c, round(mcnemar_p(b, c), 4)]
+    if not cells:
+        return [], {}
+    lines = ["", f"Task by task, over the seeds: tasks {ref} wins and the run loses / the run wins and {ref} loses, "
+                 "and the exact McNemar p (two-sided; a small p is a gap the tasks of these seeds already show):", "",
+             "| run | " + " | ".join(f"{s} success" for s in splits) + " |", "|---" * (1 + len(splits)) + "|"]
+    for name, by_split in cells.items():
+        lines.append(f"| {name} | " + " | ".join(f"{b} / {c} (p {p:.2f})" for b, c, p in by_split.values()) + " |")
+    return lines, cells
+
+
+def experiment_tables(cfg: Config, rows: dict, by_type: dict, minutes: tuple, outcomes: dict = None) -> str:
     """Markdown tables in the paper's layout: our mean +- std beside the paper's 1.5B numbers, then each run
-    paired with HPL by seed. minutes = (this command, its runs as recorded)."""
+    paired with HPL by seed, and (given the runs' task outcomes) task by task. minutes = (this command, its runs
+    as recorded)."""
     cols = score_columns(cfg.env)
     paper, pc = PAPER[cfg.compare], PAPER_COLUMNS[cfg.env]
     source = {"methods": "Table 1", "segmentation": "Table 1", "curriculum": "Table 2 (1 run)",
@@ -2005,14 +2071,14 @@ def experiment_tables(cfg: Config, rows: dict, by_type: dict, minutes: tuple) ->
                   "| run | " + " | ".join(types) + " |", "|---" * (1 + len(types)) + "|"]
         for name, per_seed in by_type.items():
             lines.append(f"| {name} | " + " | ".join(mean_std([d.get(t, 0.0) for d in per_seed]) for t in types) + " |")
-    ref = list(rows)[-1] if cfg.compare == "phases" else method_tag(dataclasses.replace(cfg, compare="", method="hpl"))
+    ref = reference_run(cfg, rows)
     if ref in rows and len(rows[ref]) > 1:
         lines += ["", f"Paired by seed: {ref} minus each run (per seed -> mean +- std, and on how many seeds "
                       f"{ref} is ahead):", "", "| run | " + " | ".join(cols) + " |", "|---" * (1 + len(cols)) + "|"]
         for name, diffs in paired_differences(rows, ref).items():
             cells = [paired_cell([d[c] for d in diffs]) for c in range(len(cols))]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + task_table_cells(cfg, outcomes or {})[0])
 
 
 def plot_experiment(cfg: Config, rows: dict, by_type: dict, stem: str) -> None:

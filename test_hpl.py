@@ -504,6 +504,16 @@ def test_smoke_run_writes_results_and_is_reproducible(tmp_path):
         summary = json.loads(next((tmp_path / "a").glob(f"alfworld-phases-smoke{'-no_group' if extra else ''}.json"))
                              .read_text())
         assert summary["run_minutes"] == pytest.approx(sum(times[n]["seconds"] for n in needed) / 60)
+        # task by task: phase 1 against the last phase, recounted from the two evaluations' episode files
+        won = lambda path: {(e["split"], e["task"]): e["won"]                                   # noqa: E731
+                            for e in map(json.loads, path.read_text().splitlines())}
+        first = won(phase2.with_name(phase2.name.replace("phase2.json", "phase1.episodes.jsonl")))
+        last = won(tmp_path / "a" / trained / hpl.episodes_file(name))
+        for split in ("seen", "unseen"):
+            b = sum(w and not first[k] for k, w in last.items() if k[0] == split)
+            c = sum(first[k] and not w for k, w in last.items() if k[0] == split)
+            assert summary["discordant_tasks"]["phase 1"][split] == [b, c, round(hpl.mcnemar_p(b, c), 4)]
+        assert f"| phase 1 | {summary['discordant_tasks']['phase 1']['seen'][0]} / " in table
 
 
 def test_policy_folder_names_carry_non_default_training_settings():
@@ -689,6 +699,41 @@ def test_paired_table_subtracts_each_run_from_hpl_seed_by_seed():
                                    {"phase 1": [(1.0, 2.0), (3.0, 4.0)], "phase 2": [(2.0, 5.0), (3.0, 6.0)]}, {},
                                    (1.0, 2.0))
     assert "| phase 1 | +1.00 / +0.00 -> 0.50 +- 0.50 (1/2) | +3.00 / +2.00 -> 2.50 +- 0.50 (2/2) |" in phases
+
+
+def test_exact_mcnemar_p_is_the_doubled_binomial_tail_of_the_discordant_tasks():
+    # 10 : 2 -> 2 * (C(12,0) + C(12,1) + C(12,2)) / 2^12 = 2 * 79 / 4096 (scipy's binomtest(2, 12) gives 0.0386)
+    assert hpl.mcnemar_p(10, 2) == pytest.approx(2 * 79 / 4096) and hpl.mcnemar_p(2, 10) == hpl.mcnemar_p(10, 2)
+    assert hpl.mcnemar_p(5, 0) == pytest.approx(2 / 32)                 # five of five one way
+    assert hpl.mcnemar_p(3, 3) == 1.0 and hpl.mcnemar_p(0, 0) == 1.0    # an even split, and no discordant task
+
+
+def test_task_table_counts_tasks_won_by_one_run_only_over_the_seeds(tmp_path):
+    ep = lambda split, task, won: {"split": split, "task": task, "type": "pick", "reward": float(won),   # noqa: E731
+                                   "won": won, "turns": 3, "messages": []}
+    hpl.write_jsonl(str(tmp_path / "eval.episodes.jsonl"), [ep("seen", 0, True), ep("unseen", 0, False)])
+    assert hpl.task_outcomes(str(tmp_path / "eval.json")) == {("seen", 0): True, ("unseen", 0): False}
+    assert hpl.task_outcomes(str(tmp_path / "eval-pi_ref.json")) is None                    # not kept
+    W, L = True, False
+    ref = [{("unseen", 0): W, ("unseen", 1): W, ("unseen", 2): L, ("seen", 0): W},        # seed 0
+           {("unseen", 0): W, ("unseen", 1): L, ("unseen", 2): L, ("seen", 0): L},        # seed 1
+           {("unseen", 0): W}]                                                            # seed 2
+    other = [{("unseen", 0): L, ("unseen", 1): W, ("unseen", 2): W, ("seen", 0): W},
+             {("unseen", 0): L, ("unseen", 1): L, ("unseen", 2): L, ("seen", 0): W},
+             None]                                                                        # seed 2 not kept
+    assert hpl.discordant_tasks(ref, other, "unseen") == (2, 1)       # seed 0: task 0 / task 2; seed 1: task 0
+    assert hpl.discordant_tasks(ref, other, "seen") == (0, 1)
+    cfg = hpl.parse_config(["--env", "alfworld", "--compare", "methods", "--seeds", "3"])
+    rows = {"eto": [(1.0, 2.0)] * 3, "hpl-semantic-dual": [(1.0, 2.0)] * 3}
+    text = hpl.experiment_tables(cfg, rows, {}, (1.0, 2.0), {"eto": other, "hpl-semantic-dual": ref})
+    assert "| run | seen success | unseen success |" in text
+    assert "| eto | 0 / 1 (p 1.00) | 2 / 1 (p 1.00) |" in text
+    assert hpl.task_table_cells(cfg, {"eto": other, "hpl-semantic-dual": [None] * 3}) == ([], {})
+    assert "Task by task" not in hpl.experiment_tables(cfg, rows, {}, (1.0, 2.0))           # no outcomes given
+    sql = hpl.parse_config(["--env", "intercode_sql", "--compare", "losses"])
+    (split,) = hpl.eval_splits(sql)                                  # InterCode-SQL: one evaluation split
+    out = hpl.task_table_cells(sql, {"ipr": [{(split, 0): L}], "hpl-semantic-dual": [{(split, 0): W}]})
+    assert out[1] == {"ipr": {split: [1, 0, 1.0]}} and "| ipr | 1 / 0 (p 1.00) |" in out[0]
 
 
 def test_an_experiment_reports_what_its_runs_took_from_the_stage_times(tmp_path):
