@@ -1928,6 +1928,13 @@ def mcnemar_p(b: int, c: int) -> float:
     return 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n)
 
 
+def evaluation_paths(cfg: Config, tag: str) -> dict:
+    """The evaluation files behind an experiment's rows for one run: row `tag` (the policy `cfg` trains) and row
+    "sft" (pi_ref, which is also the whole of the SFT baseline)."""
+    return {tag: os.path.join(run_dir(cfg), method_tag(cfg), eval_file(cfg)),
+            "sft": os.path.join(run_dir(cfg), eval_file(cfg, "eval-pi_ref"))}
+
+
 def compare(cfg: Config) -> dict:
     """Run (or reuse) every run an experiment needs for `seeds` seeds; print and write the paper-style tables."""
     rows, by_type, t0 = {}, {}, time.time()              # rows[name] = [(col1, col2) per seed]
@@ -1943,9 +1950,7 @@ def compare(cfg: Config) -> dict:
             results = run(same, stages_used.setdefault(run_dir(same), set()))
             named = {"sft" if k == "pi_ref (SFT)" else k: v for k, v in results.items()}
             named[tag] = named[method_tag(same)]
-            folder = os.path.join(run_dir(same), method_tag(same))
-            evals = {"sft": os.path.join(run_dir(same), eval_file(same, "eval-pi_ref")),
-                     tag: os.path.join(folder, eval_file(same))}
+            evals, folder = evaluation_paths(same, tag), os.path.join(run_dir(same), method_tag(same))
             if cfg.compare == "phases":                                     # folder: where the phases were trained
                 trained = read_json(os.path.join(folder, "policy", "perf.json"))["phases"]
                 paths = [os.path.join(folder, eval_file(same, phase=k))

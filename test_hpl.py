@@ -729,6 +729,13 @@ def test_task_table_counts_tasks_won_by_one_run_only_over_the_seeds(tmp_path):
     assert "| run | seen success | unseen success |" in text
     assert "| eto | 0 / 1 (p 1.00) | 2 / 1 (p 1.00) |" in text
     assert hpl.task_table_cells(cfg, {"eto": other, "hpl-semantic-dual": [None] * 3}) == ([], {})
+    # the rows' evaluation files: the SFT baseline is pi_ref's evaluation, not a policy folder of its own
+    sft = hpl.parse_config(["--method", "sft", "--out", "x"])
+    pi_ref = os.path.join("x", "eval-pi_ref.json")
+    assert hpl.evaluation_paths(sft, "sft") == {"sft": pi_ref}
+    nog = hpl.parse_config(["--no-group", "--out", "x"])
+    assert hpl.evaluation_paths(hpl.same_training(nog), "hpl-semantic-dual-no_group") == {
+        "hpl-semantic-dual-no_group": os.path.join("x", "ipr", "eval.json"), "sft": pi_ref}
     assert "Task by task" not in hpl.experiment_tables(cfg, rows, {}, (1.0, 2.0))           # no outcomes given
     sql = hpl.parse_config(["--env", "intercode_sql", "--compare", "losses"])
     (split,) = hpl.eval_splits(sql)                                  # InterCode-SQL: one evaluation split
@@ -800,6 +807,15 @@ def test_results_table_keeps_columns_aligned_for_long_policy_names():
     assert lines[-1] == "hpl-semantic-dual-lr3e-05: 62.5"
     ws = hpl.results_table({"ipr": {"test": {"reward": 51.234, "success": 20.0}}}, "webshop").splitlines()
     assert ws == ["        policy |   reward |  success", "           ipr |    51.23 |    20.00"]
+
+
+def test_the_readme_code_map_links_land_on_their_definitions():
+    # "Code and paper, side by side" links each name to hpl.py#L<n>: line n must define that name
+    lines = (ROOT / "hpl.py").read_text().splitlines()
+    links = re.findall(r"\[`(\w+)`\]\(hpl\.py#L(\d+)\)", (ROOT / "README.md").read_text())
+    assert len(links) > 20
+    for name, n in links:
+        assert re.match(rf"(def |class ){name}\b|{name}\s*[:=]", lines[int(n) - 1]), (name, n, lines[int(n) - 1])
 
 
 # ---------------------------------------------------------------------------------------------------------
