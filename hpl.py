@@ -1950,8 +1950,9 @@ def compare(cfg: Config) -> dict:
             results = run(same, stages_used.setdefault(run_dir(same), set()))
             named = {"sft" if k == "pi_ref (SFT)" else k: v for k, v in results.items()}
             named[tag] = named[method_tag(same)]
-            evals, folder = evaluation_paths(same, tag), os.path.join(run_dir(same), method_tag(same))
-            if cfg.compare == "phases":                                     # folder: where the phases were trained
+            evals = evaluation_paths(same, tag)
+            if cfg.compare == "phases":
+                folder = os.path.join(run_dir(same), method_tag(same))          # where the phases were trained
                 trained = read_json(os.path.join(folder, "policy", "perf.json"))["phases"]
                 paths = [os.path.join(folder, eval_file(same, phase=k))
                          for k in range(1, len(trained))]                   # the last phase is eval.json
