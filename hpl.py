@@ -2030,9 +2030,7 @@ def task_table_cells(cfg: Config, outcomes: dict) -> tuple[list, dict]:
     """Task by task against the reference run, over all seeds: per run and evaluation split, [tasks the reference
     wins and the run loses, the reverse, exact McNemar p]. Returns the markdown lines and those numbers; runs whose
     episode files were not kept are left out."""
-    if not outcomes:
-        return [], {}
-    ref, splits = reference_run(cfg, outcomes), eval_splits(cfg)
+    ref, splits = reference_run(cfg, outcomes) if outcomes else None, eval_splits(cfg)
     if ref not in outcomes or all(o is None for o in outcomes[ref]):
         return [], {}
     cells = {}
