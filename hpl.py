@@ -1502,7 +1502,8 @@ PHASE_EVALS = ", with phase evaluations"
 
 
 def train_stage_name(cfg: Config) -> str:
-    """A retrain with phase evaluations (Figure 4) is timed apart from the plain training of the same policy."""
+    """A retrain with phase evaluations (Figure 4) is timed apart from the plain training of the same policy (and
+    so is the evaluation of its final weights)."""
     return f"train ({method_tag(cfg)}{PHASE_EVALS if cfg.eval_phases else ''})"
 
 
@@ -1767,8 +1768,8 @@ def pipeline(cfg: Config, device: str, used: set | None = None) -> dict:
     perf["train"] = stages.run(train_stage, policy, do_train, lambda p: read_json(os.path.join(p, "perf.json")))
     if train_stage not in stages.times:             # a finished policy: evaluate the saved weights
         model, tok = load_pretrained(policy, device)
-    results[tag] = stages.run(f"evaluate {tag}", os.path.join(root, tag, eval_file(cfg)), do_eval,
-                              read_json, eval_counter)
+    results[tag] = stages.run(f"evaluate {tag}{PHASE_EVALS if cfg.eval_phases else ''}",
+                              os.path.join(root, tag, eval_file(cfg)), do_eval, read_json, eval_counter)
     return finish(cfg, root, results, stages, perf)
 
 
@@ -1985,7 +1986,8 @@ def compare(cfg: Config) -> dict:
 
 def recorded_minutes(stages_used: dict) -> float:
     """What the experiment's runs took when they ran, summed from each run folder's stage_times.json (a retrain
-    with phase evaluations made before it had a stage name of its own was timed under the plain train name)."""
+    with phase evaluations made before it had stage names of its own was timed under the plain train and
+    evaluate names)."""
     total = 0.0
     for root, names in stages_used.items():
         times = read_json(os.path.join(root, "stage_times.json"), {})

@@ -493,13 +493,14 @@ def test_smoke_run_writes_results_and_is_reproducible(tmp_path):
         phase2 = next((tmp_path / "a" / trained).glob("eval*-phase2.json"))
         # retrained for the phase evaluations: timed under its own name, and the final weights scored anew
         times = json.loads((tmp_path / "a" / "stage_times.json").read_text())
-        assert f"train ({trained}, with phase evaluations)" in times
-        assert (f"train ({trained})" in times) == (not extra)          # the first run's time is kept
+        assert {f"train ({trained}, with phase evaluations)", f"evaluate {trained}, with phase evaluations"} <= set(times)
+        assert (f"train ({trained})" in times) == (not extra)          # the first run's times are kept
+        assert (f"evaluate {trained}" in times) == (not extra)
         final = [p for p in (tmp_path / "a" / trained).glob("eval*.json") if "phase" not in p.name]
         assert final and all(p.stat().st_mtime >= phase2.stat().st_mtime for p in final)
         # the table's "its runs took" sums the recorded times of exactly the stages this experiment's run needed
         needed = ["sft (pi_ref)", "evaluate pi_ref", "explore (pi_ref greedy)", "step pairs",
-                  f"train ({trained}, with phase evaluations)", f"evaluate {trained}"]
+                  f"train ({trained}, with phase evaluations)", f"evaluate {trained}, with phase evaluations"]
         needed += [] if extra else ["group pairs (semantic)"]
         summary = json.loads(next((tmp_path / "a").glob(f"alfworld-phases-smoke{'-no_group' if extra else ''}.json"))
                              .read_text())
@@ -747,7 +748,7 @@ def test_an_experiment_reports_what_its_runs_took_from_the_stage_times(tmp_path)
     times = {"sft (pi_ref)": 600, "evaluate pi_ref": 60, "explore (pi_ref greedy)": 120, "step pairs": 180,
              "group pairs (semantic)": 300, "group pairs (fixed_k)": 1000, "train (eto)": 240, "evaluate eto": 60,
              "train (hpl-semantic-dual)": 480, "train (hpl-semantic-dual, with phase evaluations)": 900,
-             "evaluate hpl-semantic-dual": 60}
+             "evaluate hpl-semantic-dual": 60, "evaluate hpl-semantic-dual, with phase evaluations": 70}
     (tmp_path / "stage_times.json").write_text(json.dumps({k: {"seconds": v, "note": ""} for k, v in times.items()}))
     stage1 = {"sft (pi_ref)", "evaluate pi_ref", "explore (pi_ref greedy)", "step pairs"}
     used = stage1 | {"train (eto)", "evaluate eto", "group pairs (semantic)", "train (hpl-semantic-dual)",
@@ -755,10 +756,12 @@ def test_an_experiment_reports_what_its_runs_took_from_the_stage_times(tmp_path)
     assert hpl.recorded_minutes({str(tmp_path): used}) == \
         pytest.approx((600 + 60 + 120 + 180 + 240 + 60 + 300 + 480 + 60) / 60)
     phases = stage1 | {"group pairs (semantic)", "train (hpl-semantic-dual, with phase evaluations)",
-                       "evaluate hpl-semantic-dual"}        # the retrain with evaluations, not both trainings
-    assert hpl.recorded_minutes({str(tmp_path): phases}) == pytest.approx((600 + 60 + 120 + 180 + 300 + 900 + 60) / 60)
+                       "evaluate hpl-semantic-dual, with phase evaluations"}   # the retrain, not both trainings
+    assert hpl.recorded_minutes({str(tmp_path): phases}) == pytest.approx((600 + 60 + 120 + 180 + 300 + 900 + 70) / 60)
     assert hpl.recorded_minutes({str(tmp_path / "none"): {"sft (pi_ref)"}}) == 0.0
-    del times["train (hpl-semantic-dual, with phase evaluations)"]       # timed under the plain name before
+    for name in ("train (hpl-semantic-dual, with phase evaluations)",   # timed under the plain names before
+                 "evaluate hpl-semantic-dual, with phase evaluations"):
+        del times[name]
     (tmp_path / "stage_times.json").write_text(json.dumps({k: {"seconds": v, "note": ""} for k, v in times.items()}))
     assert hpl.recorded_minutes({str(tmp_path): phases}) == pytest.approx((600 + 60 + 120 + 180 + 300 + 480 + 60) / 60)
 
