@@ -1501,10 +1501,14 @@ def policy_settings(cfg: Config) -> dict:
 PHASE_EVALS = ", with phase evaluations"
 
 
+def phase_evals_suffix(cfg: Config) -> str:
+    """A retrain with phase evaluations (Figure 4) is timed apart from the plain training of the same policy, and
+    so is the evaluation of its final weights: both stage names end with this."""
+    return PHASE_EVALS if cfg.eval_phases else ""
+
+
 def train_stage_name(cfg: Config) -> str:
-    """A retrain with phase evaluations (Figure 4) is timed apart from the plain training of the same policy (and
-    so is the evaluation of its final weights)."""
-    return f"train ({method_tag(cfg)}{PHASE_EVALS if cfg.eval_phases else ''})"
+    return f"train ({method_tag(cfg)}{phase_evals_suffix(cfg)})"
 
 
 def remove_outputs(folder: str, names: list) -> None:
@@ -1768,7 +1772,7 @@ def pipeline(cfg: Config, device: str, used: set | None = None) -> dict:
     perf["train"] = stages.run(train_stage, policy, do_train, lambda p: read_json(os.path.join(p, "perf.json")))
     if train_stage not in stages.times:             # a finished policy: evaluate the saved weights
         model, tok = load_pretrained(policy, device)
-    results[tag] = stages.run(f"evaluate {tag}{PHASE_EVALS if cfg.eval_phases else ''}",
+    results[tag] = stages.run(f"evaluate {tag}{phase_evals_suffix(cfg)}",
                               os.path.join(root, tag, eval_file(cfg)), do_eval, read_json, eval_counter)
     return finish(cfg, root, results, stages, perf)
 
