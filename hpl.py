@@ -1615,6 +1615,10 @@ def run(cfg: Config, used: set | None = None) -> dict:
     device = pick_device(cfg.device)
     if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:      # the user's thread count wins
         torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
+    # Subnormal floats (below 1.2e-38) count as zero on the CPU. A level whose DPO loss has saturated (loss ~0,
+    # margin +30) back-propagates gradients that small, and x86 cores compute on them many times slower; values
+    # that small change no float32 sum (README, "Where the time goes").
+    torch.set_flush_denormal(True)
     with mixed_precision(cfg, device):
         return pipeline(cfg, device, used)
 
