@@ -1537,7 +1537,10 @@ def forget_stale_policy(folder: str, settings: dict) -> None:
 
 
 def method_tag(cfg: Config) -> str:
-    """The policy's folder name: method, HPL variant, and every training setting that is not the default."""
+    """The policy's folder name: method, HPL variant, and every training setting that is not the default. SFT is
+    pi_ref itself, which no DPO setting shapes: its name is always "sft"."""
+    if cfg.method == "sft":
+        return "sft"
     tag = cfg.method
     if cfg.method == "hpl":
         tag = f"hpl-{cfg.segmentation}-{cfg.curriculum}{ablation_suffix(cfg)}"

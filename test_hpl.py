@@ -525,6 +525,9 @@ def test_policy_folder_names_carry_non_default_training_settings():
     assert hpl.method_tag(hpl.parse_config(["--no-group", "--segmentation", "fixed_k"])) == "hpl-fixed_k-dual-no_group"
     # a policy trained with another lr or beta never reuses the default one's folder
     assert hpl.method_tag(hpl.parse_config(["--lr", "1e-4", "--beta", "0.1"])) == "hpl-semantic-dual-beta0.1-lr0.0001"
+    assert hpl.method_tag(hpl.parse_config(["--method", "rft", "--lr", "1e-5"])) == "rft-lr1e-05"   # RFT trains at lr
+    # SFT is pi_ref itself, which no DPO setting shapes (`--compare methods --lr 1e-5` once failed on "sft-lr1e-05")
+    assert hpl.method_tag(hpl.parse_config(["--method", "sft", "--lr", "1e-5"])) == "sft"
     # and an experiment made with other settings writes its tables beside the default one's, not over them
     assert hpl.results_stem(hpl.parse_config(["--compare", "losses"])) == "results/alfworld-losses"
     stem = hpl.results_stem(hpl.parse_config(["--compare", "losses", "--lr", "1e-5"]))
