@@ -1557,11 +1557,12 @@ def ablation_suffix(cfg: Config) -> str:
     return "".join(f"-no_{k}" for k in ablated_levels(cfg))
 
 
-def settings_suffix(cfg: Config) -> str:
-    """The "-<field><value>" parts for every training setting that is not the preset's default ("-lr3e-05")."""
+def settings_suffix(cfg: Config, fields: tuple = TRAIN_FIELDS) -> str:
+    """The "-<field><value>" parts for every one of `fields` (the training settings unless told) that is not the
+    preset's default ("-lr3e-05")."""
     base = Config(**preset_values(cfg.preset, cfg.env))
     return "".join(f"-{k}{re.sub(r'[^A-Za-z0-9.,_-]', '_', str(getattr(cfg, k)))}"
-                   for k in TRAIN_FIELDS if getattr(cfg, k) != getattr(base, k))
+                   for k in fields if getattr(cfg, k) != getattr(base, k))
 
 
 # Which levels of Eq. (8) each method trains (all start from the same pi_ref and use the same pairs).
@@ -2009,13 +2010,14 @@ def recorded_minutes(stages_used: dict) -> float:
 
 
 def results_stem(cfg: Config) -> str:
-    """results/<env>-<experiment>, plus the preset and training settings when not the defaults, so that
-    experiments made with other settings (e.g. --lr 1e-5) do not overwrite each other. With --out the tables go
+    """results/<env>-<experiment>, plus the preset, stage and training settings when not the defaults, so that
+    experiments made with other settings (e.g. --lr 1e-5, a wider model) do not overwrite each other. With --out the tables go
     into that folder, and the smoke preset's (numbers that mean nothing) into runs/results, not the repo's results/."""
     folder = cfg.out or (os.path.join("runs", "results") if cfg.preset == "smoke" else "results")
     preset = "" if cfg.preset == "cpu" else f"-{cfg.preset}"
+    stages = settings_suffix(cfg, tuple(k for k in STAGE_FIELDS if k not in ("env", "seed")))   # e.g. a wider model
     return os.path.join(folder, f"{cfg.env}-{cfg.compare}{preset}{variant_suffix(cfg)}{ablation_suffix(cfg)}"
-                                f"{settings_suffix(cfg)}")
+                                f"{stages}{settings_suffix(cfg)}")
 
 
 def unclobbered_stem(stem: str, seeds: int) -> str:

@@ -532,6 +532,9 @@ def test_policy_folder_names_carry_non_default_training_settings():
     assert hpl.results_stem(hpl.parse_config(["--compare", "losses"])) == "results/alfworld-losses"
     stem = hpl.results_stem(hpl.parse_config(["--compare", "losses", "--lr", "1e-5"]))
     assert stem == "results/alfworld-losses-lr1e-05"
+    stem = hpl.results_stem(hpl.parse_config(["--compare", "methods", "--hidden-size", "384", "--sft-lr", "1e-3",
+                                              "--lr", "1e-5"]))                 # another pi_ref: its own table too
+    assert stem == "results/alfworld-methods-hidden_size384-sft_lr0.001-lr1e-05"
     # smoke numbers mean nothing: they stay out of the repo's results/; --out takes the tables too
     assert hpl.results_stem(hpl.parse_config(["--env", "webshop", "--compare", "methods", "--preset", "smoke"])) \
         == os.path.join("runs", "results", "webshop-methods-smoke")
