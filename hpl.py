@@ -1580,11 +1580,23 @@ def trained_levels(cfg: Config) -> set:
     return set(METHOD_LEVELS[cfg.method]) - set(ablated_levels(cfg))
 
 
+def model_name(cfg: Config) -> str:
+    """"tiny", or the last part of the model's path or hub name ("Qwen2.5-1.5B-Instruct")."""
+    return "tiny" if cfg.model == "tiny" else re.sub(r"[^A-Za-z0-9._-]", "_", cfg.model.rstrip("/").split("/")[-1])
+
+
+def stage_suffix(cfg: Config) -> str:
+    """The "-<field><value>" parts for every stage setting (pi_ref, stage 1) that is not the preset's default
+    ("-hidden_size384-sft_lr0.001"); env, seed and model are named apart."""
+    return settings_suffix(cfg, tuple(k for k in STAGE_FIELDS if k not in ("env", "seed", "model")))
+
+
 def run_dir(cfg: Config) -> str:
+    """--out, or runs/<env>/<model>-<preset>-seed<seed>, plus the stage settings that are not the defaults (so a
+    wider pi_ref, say, never lands in the default one's folder)."""
     if cfg.out:
         return cfg.out
-    model = "tiny" if cfg.model == "tiny" else re.sub(r"[^A-Za-z0-9._-]", "_", cfg.model.rstrip("/").split("/")[-1])
-    return os.path.join("runs", cfg.env, f"{model}-{cfg.preset}-seed{cfg.seed}")
+    return os.path.join("runs", cfg.env, f"{model_name(cfg)}-{cfg.preset}-seed{cfg.seed}{stage_suffix(cfg)}")
 
 
 def check_run_dir(cfg: Config, root: str) -> None:
@@ -2010,14 +2022,14 @@ def recorded_minutes(stages_used: dict) -> float:
 
 
 def results_stem(cfg: Config) -> str:
-    """results/<env>-<experiment>, plus the preset, stage and training settings when not the defaults, so that
-    experiments made with other settings (e.g. --lr 1e-5, a wider model) do not overwrite each other. With --out the tables go
+    """results/<env>-<experiment>, plus the model, preset, stage and training settings when not the defaults, so
+    that experiments made with other settings (e.g. --lr 1e-5, a wider model) do not overwrite each other. With --out the tables go
     into that folder, and the smoke preset's (numbers that mean nothing) into runs/results, not the repo's results/."""
     folder = cfg.out or (os.path.join("runs", "results") if cfg.preset == "smoke" else "results")
     preset = "" if cfg.preset == "cpu" else f"-{cfg.preset}"
-    stages = settings_suffix(cfg, tuple(k for k in STAGE_FIELDS if k not in ("env", "seed")))   # e.g. a wider model
-    return os.path.join(folder, f"{cfg.env}-{cfg.compare}{preset}{variant_suffix(cfg)}{ablation_suffix(cfg)}"
-                                f"{stages}{settings_suffix(cfg)}")
+    model = "" if cfg.model == "tiny" else f"-{model_name(cfg)}"
+    return os.path.join(folder, f"{cfg.env}-{cfg.compare}{model}{preset}{variant_suffix(cfg)}{ablation_suffix(cfg)}"
+                                f"{stage_suffix(cfg)}{settings_suffix(cfg)}")
 
 
 def unclobbered_stem(stem: str, seeds: int) -> str:

@@ -535,6 +535,13 @@ def test_policy_folder_names_carry_non_default_training_settings():
     stem = hpl.results_stem(hpl.parse_config(["--compare", "methods", "--hidden-size", "384", "--sft-lr", "1e-3",
                                               "--lr", "1e-5"]))                 # another pi_ref: its own table too
     assert stem == "results/alfworld-methods-hidden_size384-sft_lr0.001-lr1e-05"
+    # and its runs get a folder of their own; a real model's runs and tables are named after it
+    assert hpl.run_dir(hpl.parse_config(["--hidden-size", "384", "--seed", "2"])) == \
+        os.path.join("runs", "alfworld", "tiny-cpu-seed2-hidden_size384")
+    assert hpl.run_dir(hpl.parse_config([])) == os.path.join("runs", "alfworld", "tiny-cpu-seed0")
+    cfg = hpl.parse_config(["--model", "/models/Qwen2.5-1.5B/", "--preset", "paper", "--compare", "methods"])
+    assert hpl.run_dir(cfg) == os.path.join("runs", "alfworld", "Qwen2.5-1.5B-paper-seed0")
+    assert hpl.results_stem(cfg) == "results/alfworld-methods-Qwen2.5-1.5B-paper"
     # smoke numbers mean nothing: they stay out of the repo's results/; --out takes the tables too
     assert hpl.results_stem(hpl.parse_config(["--env", "webshop", "--compare", "methods", "--preset", "smoke"])) \
         == os.path.join("runs", "results", "webshop-methods-smoke")
