@@ -518,6 +518,14 @@ def test_smoke_run_writes_results_and_is_reproducible(tmp_path):
         assert f"| phase 1 | {summary['discordant_tasks']['phase 1']['seen'][0]} / " in table
 
 
+def test_a_run_folder_refuses_a_second_set_of_stage_settings(tmp_path):
+    hpl.check_run_dir(hpl.parse_config(["--out", str(tmp_path)]), str(tmp_path))
+    hpl.check_run_dir(hpl.parse_config(["--out", str(tmp_path), "--lr", "1e-5"]), str(tmp_path))   # DPO: same folder
+    with pytest.raises(hpl.UserError, match=r"other settings \(hidden_size, sft_lr\)"):
+        hpl.check_run_dir(hpl.parse_config(["--out", str(tmp_path), "--hidden-size", "384", "--sft-lr", "1e-3"]),
+                          str(tmp_path))
+
+
 def test_policy_folder_names_carry_non_default_training_settings():
     cfg = hpl.parse_config(["--env", "alfworld"])
     assert hpl.method_tag(cfg) == "hpl-semantic-dual"
