@@ -700,6 +700,10 @@ def test_experiment_table_has_mean_std_and_the_papers_numbers():
     ws = hpl.experiment_tables(hpl.parse_config(["--env", "webshop", "--compare", "methods"]),
                                {"ipr": [(50.0, 20.0)]}, {}, (1.0, 2.0))
     assert "| ipr | 50.00 | 20.00 | 57.76 | 27.83 |" in ws                                # WebShop columns
+    # runs made with another DPO step still stand beside the paper's numbers for their method
+    lr = hpl.experiment_tables(hpl.parse_config(["--compare", "methods", "--lr", "1e-5"]),
+                               {"sft": [(20.0, 30.0)], "eto-lr1e-05": [(25.0, 35.0)]}, {}, (1.0, 2.0))
+    assert "| eto-lr1e-05 | 25.00 | 35.00 | 65.48 | 66.42 |" in lr and "| sft | 20.00 | 30.00 | 60.95 | 57.96 |" in lr
 
 
 def test_paired_table_subtracts_each_run_from_hpl_seed_by_seed():
