@@ -2023,8 +2023,9 @@ def recorded_minutes(stages_used: dict) -> float:
 
 def results_stem(cfg: Config) -> str:
     """results/<env>-<experiment>, plus the model, preset, stage and training settings when not the defaults, so
-    that experiments made with other settings (e.g. --lr 1e-5, a wider model) do not overwrite each other. With --out the tables go
-    into that folder, and the smoke preset's (numbers that mean nothing) into runs/results, not the repo's results/."""
+    that experiments made with other settings (e.g. --lr 1e-5, a wider model) do not overwrite each other. With --out
+    the tables go into that folder, and the smoke preset's (numbers that mean nothing) into runs/results, not the
+    repo's results/."""
     folder = cfg.out or (os.path.join("runs", "results") if cfg.preset == "smoke" else "results")
     preset = "" if cfg.preset == "cpu" else f"-{cfg.preset}"
     model = "" if cfg.model == "tiny" else f"-{model_name(cfg)}"
