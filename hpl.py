@@ -2091,8 +2091,9 @@ def experiment_tables(cfg: Config, rows: dict, by_type: dict, minutes: tuple, ou
     lines = [f"## {cfg.env}: --compare {cfg.compare} ({took})", "",
              "| run | " + " | ".join(f"{c} (ours)" for c in cols) + " | " +
              " | ".join(f"{c} (paper, {source})" for c in cols) + " |", "|---" * (1 + 2 * len(cols)) + "|"]
+    suffix = settings_suffix(cfg)                                          # "eto-lr1e-05" stands by the paper's ETO
     for name, vals in rows.items():
-        ref = paper.get(name.removesuffix(settings_suffix(cfg)))          # "eto-lr1e-05": the paper's ETO
+        ref = paper.get(name.removesuffix(suffix))
         theirs = [ref[i] if ref and i < len(ref) and ref[i] is not None else None for i in pc] \
             if cfg.compare != "phases" else list(ref) if ref and cfg.env == "alfworld" else [None, None]
         lines.append(f"| {name} | " + " | ".join(mean_std([v[c] for v in vals]) for c in range(len(cols))) + " | " +
