@@ -24,11 +24,13 @@ is listed in README.md.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import dataclasses
 import inspect
 import json
 import math
+import multiprocessing
 import os
 import random
 import re
@@ -131,6 +133,7 @@ class Config:
     # experiments (§4, Tables 1-2, Figures 4-5): several runs, mean +- std over seeds, the paper's numbers beside
     compare: str = ""                # methods | segmentation | curriculum | losses | phases ("" = one run)
     seeds: int = 1                   # seeds per --compare experiment: seed, seed+1, ...
+    jobs: int = 1                    # --compare: runs trained side by side as processes, each on cores/jobs threads
 
 
 PRESETS = {
@@ -190,6 +193,8 @@ def parse_config(argv=None) -> Config:
         if getattr(cfg, name) not in allowed:
             raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(a for a in allowed if a)}, "
                             f"not {getattr(cfg, name)!r}")
+    if cfg.jobs < 1 or (cfg.jobs > 1 and not cfg.compare):
+        raise UserError("--jobs runs an experiment's runs side by side: a number >= 1, and > 1 only with --compare")
     return cfg
 
 
@@ -1621,6 +1626,11 @@ def pick_device(name: str) -> str:
     return "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu"
 
 
+def cpu_threads(device: str) -> str:
+    n = torch.get_num_threads()
+    return f", {n} thread{'s' * (n > 1)}" if device == "cpu" else ""
+
+
 def main(argv=None) -> dict:
     cfg = parse_config(argv)
     return compare(cfg) if cfg.compare else run(cfg)
@@ -1650,7 +1660,7 @@ def pipeline(cfg: Config, device: str, used: set | None = None) -> dict:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     log(f"hpl | env {cfg.env} | method {tag} | model {cfg.model} | preset {cfg.preset} | seed {cfg.seed} | "
-        f"device {device} ({compute_precision(cfg, device)}) | run folder {root}")
+        f"device {device} ({compute_precision(cfg, device)}{cpu_threads(device)}) | run folder {root}")
     stages, perf = Stages(root, used), {}
     train_env = make_env(cfg, "train")
     n_sft = min(cfg.sft_tasks, len(train_env))
@@ -1965,11 +1975,12 @@ def compare(cfg: Config) -> dict:
     rows, by_type, t0 = {}, {}, time.time()              # rows[name] = [(col1, col2) per seed]
     outcomes = {}                                         # outcomes[name] = [task_outcomes per seed]
     stages_used = {}                                      # run folder -> the stages its runs needed
+    if cfg.jobs > 1:                                      # train them side by side first; the loop then reuses
+        run_side_by_side(experiment_runs(cfg), cfg.jobs)
     for seed in range(cfg.seed, cfg.seed + cfg.seeds):
         done = set()                                      # pi_ref is shared by all runs of a seed: one row
         for over in EXPERIMENTS[cfg.compare]:
-            out = cfg.out if seed == cfg.seed or not cfg.out else f"{cfg.out}-seed{seed}"   # --out: first seed's
-            one = dataclasses.replace(cfg, compare="", seeds=1, seed=seed, out=out, **over)
+            one = experiment_run(cfg, seed, over)
             tag = method_tag(one)
             same = same_training(one)
             results = run(same, stages_used.setdefault(run_dir(same), set()))
@@ -2006,6 +2017,64 @@ def compare(cfg: Config) -> dict:
     plot_experiment(cfg, rows, by_type, stem)
     log(f"wrote {name} ({minutes[0]:.1f} min)")
     return rows
+
+
+def experiment_run(cfg: Config, seed: int, over: dict) -> Config:
+    """One run of an experiment: its seed and Config overrides; with --out, seed s > the first in <out>-seed<s>."""
+    out = cfg.out if seed == cfg.seed or not cfg.out else f"{cfg.out}-seed{seed}"
+    return dataclasses.replace(cfg, compare="", seeds=1, seed=seed, out=out, **over)
+
+
+def experiment_runs(cfg: Config) -> list[Config]:
+    """Every run an experiment trains, once each, in the order runs side by side take them: each seed's first run
+    (it computes the stages the seed's other runs share, so they seldom wait for one another), then the others in
+    reverse, seeds interleaved; for `methods` that starts HPL, the longest, early and leaves short runs to the end."""
+    runs, overs = {}, EXPERIMENTS[cfg.compare]
+    for over in overs[:1] + overs[:0:-1]:
+        for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+            one = same_training(experiment_run(cfg, seed, over))
+            runs.setdefault(repr(one), one)
+    return list(runs.values())
+
+
+def run_side_by_side(runs: list[Config], jobs: int) -> None:
+    """Run `runs` in `jobs` processes at once, each on cores / jobs threads, each logging to its policy folder.
+    A tiny model keeps two threads only partly busy, so two one-thread runs get more done on two cores than one
+    two-thread run. Their numbers are those of single runs on as many threads (OMP_NUM_THREADS), which differ
+    from the default's in the last float bits, as any other thread count's do (README, Comparisons)."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    log(f"[side by side] {len(runs)} runs, {jobs} at a time, {threads} thread(s) each; "
+        f"each logs to <run folder>/<policy>/run.log")
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=use_threads, initargs=(threads,)) as pool:
+        futures = {pool.submit(run_logged, one): one for one in runs}
+        try:
+            for k, done in enumerate(concurrent.futures.as_completed(futures), 1):
+                one = futures[done]
+                log(f"[side by side] {k}/{len(runs)} done: seed {one.seed} {method_tag(one)} "
+                    f"({done.result():.1f} min, {run_log(one)})")
+        except BaseException:
+            pool.shutdown(cancel_futures=True)                # runs not started yet never start
+            raise
+
+
+def use_threads(threads: int) -> None:
+    """A side-by-side worker's share of the CPU (`run` keeps a thread count that OMP_NUM_THREADS sets)."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
+def run_log(cfg: Config) -> str:
+    return os.path.join(run_dir(cfg), method_tag(cfg), "run.log")
+
+
+def run_logged(cfg: Config) -> float:
+    """`run(cfg)` with everything it prints appended to its run.log; returns its minutes."""
+    path, t0 = run_log(cfg), time.time()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        run(cfg)
+    return (time.time() - t0) / 60
 
 
 def recorded_minutes(stages_used: dict) -> float:

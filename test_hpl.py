@@ -443,9 +443,10 @@ def test_an_ablation_leaves_the_other_levels_batches_as_hpl_draws_them():
 # ---------------------------------------------------------------------------------------------------------
 # The command line and the whole pipeline
 # ---------------------------------------------------------------------------------------------------------
-def run_cli(*args, cwd=ROOT, timeout=600):
+def run_cli(*args, cwd=ROOT, timeout=600, threads=None):
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
     return subprocess.run([sys.executable, str(ROOT / "hpl.py"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=env)
 
 
 def test_bad_flags_end_with_one_clear_line(tmp_path):
@@ -516,6 +517,24 @@ def test_smoke_run_writes_results_and_is_reproducible(tmp_path):
             c = sum(first[k] and not w for k, w in last.items() if k[0] == split)
             assert summary["discordant_tasks"]["phase 1"][split] == [b, c, round(hpl.mcnemar_p(b, c), 4)]
         assert f"| phase 1 | {summary['discordant_tasks']['phase 1']['seen'][0]} / " in table
+    # --jobs 2: the runs still missing (RFT, ETO) train side by side, each process on half the cores, each logging
+    # to its policy folder; the table then reads every row as before
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    res = run_cli("--env", "alfworld", "--preset", "smoke", "--out", str(tmp_path / "a"), "--compare", "methods",
+                  "--jobs", "2")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert f"[side by side] 5 runs, 2 at a time, {threads} thread(s) each" in res.stdout
+    assert res.stdout.count("[side by side] ") == 6
+    for tag in ("rft", "eto"):
+        own = (tmp_path / "a" / tag / "run.log").read_text()
+        assert f"| method {tag} |" in own and f"thread{'s' * (threads > 1)}) |" in own and f"[train ({tag})]" in own
+    table = (tmp_path / "a" / "alfworld-methods-smoke.md").read_text()
+    assert all(f"| {m} |" in table for m in ("sft", "rft", "eto", "ipr", "hpl-semantic-dual"))
+    # a run side by side is the single run on as many threads: ETO again in folder b (same pi_ref and pairs)
+    assert run_cli("--env", "alfworld", "--preset", "smoke", "--out", str(tmp_path / "b"), "--method", "eto",
+                   threads=threads).returncode == 0
+    name = hpl.eval_file(hpl.parse_config(["--preset", "smoke"]))
+    assert (tmp_path / "a" / "eto" / name).read_text() == (tmp_path / "b" / "eto" / name).read_text()
 
 
 def test_a_run_folder_refuses_a_second_set_of_stage_settings(tmp_path):
@@ -524,6 +543,22 @@ def test_a_run_folder_refuses_a_second_set_of_stage_settings(tmp_path):
     with pytest.raises(hpl.UserError, match=r"other settings \(hidden_size, sft_lr\)"):
         hpl.check_run_dir(hpl.parse_config(["--out", str(tmp_path), "--hidden-size", "384", "--sft-lr", "1e-3"]),
                           str(tmp_path))
+
+
+def test_side_by_side_runs_each_run_once_with_seeds_interleaved():
+    runs = hpl.experiment_runs(hpl.parse_config(["--compare", "methods", "--seeds", "3", "--jobs", "2"]))
+    order = ("sft", "hpl", "ipr", "eto", "rft")               # each seed's first run, then the others in reverse
+    assert [(r.seed, r.method) for r in runs] == [(s, m) for m in order for s in (0, 1, 2)]
+    assert all(r.compare == "" and r.seeds == 1 for r in runs)
+    # without L_group HPL trains IPR's objective: the IPR run, not one of its own; --out folders as compare names them
+    runs = hpl.experiment_runs(hpl.parse_config(["--compare", "losses", "--seeds", "2", "--out", "x", "--seed", "4"]))
+    assert [(r.seed, hpl.method_tag(r), r.out) for r in runs] == [
+        (4, "hpl-semantic-dual", "x"), (5, "hpl-semantic-dual", "x-seed5"), (4, "ipr", "x"), (5, "ipr", "x-seed5"),
+        (4, "hpl-semantic-dual-no_step", "x"), (5, "hpl-semantic-dual-no_step", "x-seed5"),
+        (4, "hpl-semantic-dual-no_traj", "x"), (5, "hpl-semantic-dual-no_traj", "x-seed5")]
+    for bad in (["--jobs", "2"], ["--compare", "methods", "--jobs", "0"]):
+        with pytest.raises(hpl.UserError, match="--jobs"):
+            hpl.parse_config(bad)
 
 
 def test_policy_folder_names_carry_non_default_training_settings():
