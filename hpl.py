@@ -2039,9 +2039,9 @@ def experiment_runs(cfg: Config) -> list[Config]:
 
 def run_side_by_side(runs: list[Config], jobs: int) -> None:
     """Run `runs` in `jobs` processes at once, each on cores / jobs threads, each logging to its policy folder.
-    A tiny model keeps two threads only partly busy, so two one-thread runs get more done on two cores than one
-    two-thread run. Their numbers are those of single runs on as many threads (OMP_NUM_THREADS), which differ
-    from the default's in the last float bits, as any other thread count's do (README, Comparisons)."""
+    A tiny model's rollouts and DPO keep two threads only partly busy, so two one-thread runs get more done on two
+    cores than one two-thread run (~1.2x; README, Comparisons). Their numbers are those of single runs on as many
+    threads (OMP_NUM_THREADS), which differ from the default's in the last float bits, as any thread count's do."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
     log(f"[side by side] {len(runs)} runs, {jobs} at a time, {threads} thread(s) each; "
         f"each logs to <run folder>/<policy>/run.log")
