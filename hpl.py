@@ -133,7 +133,7 @@ class Config:
     # experiments (§4, Tables 1-2, Figures 4-5): several runs, mean +- std over seeds, the paper's numbers beside
     compare: str = ""                # methods | segmentation | curriculum | losses | phases ("" = one run)
     seeds: int = 1                   # seeds per --compare experiment: seed, seed+1, ...
-    jobs: int = 1                    # --compare: runs trained side by side as processes, each on cores/jobs threads
+    jobs: int = 1                    # --compare: runs trained side by side as processes, cores/jobs threads each
 
 
 PRESETS = {
@@ -1626,6 +1626,11 @@ def pick_device(name: str) -> str:
     return "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu"
 
 
+def thread_share(jobs: int = 1) -> int:
+    """CPU threads for each of `jobs` runs at once (one run: all cores): the cores shared out, at most 8 each."""
+    return max(1, min((os.cpu_count() or 1) // jobs, 8))
+
+
 def cpu_threads(device: str) -> str:
     n = torch.get_num_threads()
     return f", {n} thread{'s' * (n > 1)}" if device == "cpu" else ""
@@ -1640,7 +1645,7 @@ def run(cfg: Config, used: set | None = None) -> dict:
     """One pipeline run on the chosen device (see `pipeline`); `used` collects the names of the stages it needed."""
     device = pick_device(cfg.device)
     if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:      # the user's thread count wins
-        torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
+        torch.set_num_threads(thread_share())
     # Subnormal floats (below 1.2e-38) count as zero on the CPU. A level whose DPO loss has saturated (loss ~0,
     # margin +30) back-propagates gradients that small, and x86 cores compute on them many times slower; values
     # that small change no float32 sum (README, "Where the time goes").
@@ -2038,11 +2043,11 @@ def experiment_runs(cfg: Config) -> list[Config]:
 
 
 def run_side_by_side(runs: list[Config], jobs: int) -> None:
-    """Run `runs` in `jobs` processes at once, each on cores / jobs threads, each logging to its policy folder.
+    """Run `runs` in `jobs` processes at once, each on its `thread_share`, each logging to its policy folder.
     A tiny model's rollouts and DPO keep two threads only partly busy, so two one-thread runs get more done on two
     cores than one two-thread run (~1.2x; README, Comparisons). Their numbers are those of single runs on as many
     threads (OMP_NUM_THREADS), which differ from the default's in the last float bits, as any thread count's do."""
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = thread_share(jobs)
     log(f"[side by side] {len(runs)} runs, {jobs} at a time, {threads} thread(s) each; "
         f"each logs to <run folder>/<policy>/run.log")
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),

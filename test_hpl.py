@@ -519,7 +519,7 @@ def test_smoke_run_writes_results_and_is_reproducible(tmp_path):
         assert f"| phase 1 | {summary['discordant_tasks']['phase 1']['seen'][0]} / " in table
     # --jobs 2: the runs still missing (RFT, ETO) train side by side, each process on half the cores, each logging
     # to its policy folder; the table then reads every row as before
-    threads = max(1, (os.cpu_count() or 1) // 2)
+    threads = max(1, min((os.cpu_count() or 1) // 2, 8))
     res = run_cli("--env", "alfworld", "--preset", "smoke", "--out", str(tmp_path / "a"), "--compare", "methods",
                   "--jobs", "2")
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
