@@ -882,6 +882,37 @@ def test_the_readme_code_map_links_land_on_their_definitions():
         assert re.match(rf"(def |class ){name}\b|{name}\s*[:=]", lines[int(n) - 1]), (name, n, lines[int(n) - 1])
 
 
+def heading_anchors(text: str) -> set:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens, -1, -2, ... on repeats."""
+    seen, anchors, fence = Counter(), set(), False
+    for line in text.splitlines():
+        fence ^= line.startswith("```")
+        m = re.match(r"#{1,6} (.+)", line)
+        if m and not fence:
+            slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+            anchors.add(f"{slug}-{seen[slug]}" if seen[slug] else slug)
+            seen[slug] += 1
+    return anchors
+
+
+def test_the_readmes_links_land_on_files_and_headings():
+    # the README's Results link into the lab notebook (results/README.md) by heading; a renamed heading breaks them
+    assert heading_anchors("## Correction: the rollout engine's prefill attention\n#### Seed 0 drawn again\n"
+                           "```\n# not a heading\n```\n### Seed 0 drawn again") == {
+        "correction-the-rollout-engines-prefill-attention", "seed-0-drawn-again", "seed-0-drawn-again-1"}
+    docs = [ROOT / "README.md", *sorted((ROOT / "results").rglob("README.md"))]
+    assert len(docs) >= 2
+    for doc in docs:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            if target.startswith(("http://", "https://")):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (doc.parent / path) if path else doc
+            assert file.exists(), (doc.relative_to(ROOT), target)
+            if anchor and file.suffix == ".md":
+                assert anchor in heading_anchors(file.read_text()), (doc.relative_to(ROOT), target)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # envs.py: ALFWorld
 # ---------------------------------------------------------------------------------------------------------
