@@ -122,6 +122,9 @@ class Config:
     warmup: float = 0.1              # warmup fraction of each phase's cosine schedule (Table 4)
     bc_norm: str = "token"           # L_BC normalisation: token (mean NLL per token) | sum (IPR: summed NLL)
     grad_clip: float = 1.0           # max gradient norm
+    micro_batch: int = 0             # pairs (SFT: trajectories) per forward/backward pass, gradients accumulated
+                                     # to the same update; 0 = a whole step at once. Lower it for a real model
+    checkpointing: bool = False      # recompute activations in the backward pass: less memory, more compute
     length_thresholds: str = ""      # curriculum L thresholds (Table 4); "" = ALFWorld 0,3,6, WebShop/SQL 0,2,4
     gap_thresholds: str = "1.0,0.7,0.4"  # curriculum dR thresholds (Table 4)
     fixed_n: int = 3                 # N of the fixed_n segmenter (§4.1)
@@ -141,7 +144,7 @@ PRESETS = {
     "paper": dict(scene="full", instruction="full", sft_tasks=3553, sft_epochs=3, sft_batch=32, sft_lr=1e-5,
                   sft_warmup=0.1, sft_hold=0.0, sft_floor=0.0, explore_tasks=0, mc_rollouts=5, step_branches=0,
                   group_branches=0, n_neg=3, neg_tries=4, batch=32, lr=0.0, max_len=6000, rollout_batch=128,
-                  stop_loops=0, sql_eval="test"),
+                  stop_loops=0, sql_eval="test", micro_batch=2, checkpointing=True),  # last two: memory (README)
     "smoke": dict(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                   intermediate_size=128, max_len=1024, sft_tasks=96, sft_epochs=1.0, sft_batch=8,
                   explore_tasks=6, mc_rollouts=2, step_branches=1, group_branches=1, n_neg=1, neg_tries=1,
@@ -528,15 +531,37 @@ class Cycler:
         return [self.items[i] for i in self.batches.pop()]
 
 
-def bc_loss_fn(model, batch: list[tuple[list[int], list[int]]], device, norm: str) -> tuple[torch.Tensor, int]:
+def bc_loss_fn(model, batch: list[tuple[list[int], list[int]]], device, norm: str,
+               whole: list | None = None) -> tuple[torch.Tensor, int]:
     """Eq. (1): negative log-likelihood of the expert's turns given everything before them.
 
     norm="token": mean over the batch's agent tokens (the usual SFT normalisation, TRL's `sft` loss);
-    norm="sum": summed per trajectory, averaged over trajectories (Eq. (1) literally; IPR's NLL term)."""
+    norm="sum": summed per trajectory, averaged over trajectories (Eq. (1) literally; IPR's NLL term).
+    `batch` may be a micro-batch of the optimizer step's `whole` batch: its share of the whole batch's loss is
+    returned, so the micro-batches' losses (and gradients) add up to the whole batch's."""
+    whole = batch if whole is None else whole
     logps = forward_logps(model, [b[0] for b in batch], [b[1] for b in batch], device)  # sum_t log pi(a*_t|...)
-    n_tokens = sum(sum(b[1][1:]) for b in batch)
-    loss = -logps.sum() / max(1, n_tokens) if norm == "token" else -logps.mean()      # Eq. (1)
+    if norm == "token":
+        loss = -logps.sum() / max(1, sum(sum(b[1][1:]) for b in whole))                 # Eq. (1)
+    else:
+        loss = -logps.mean() * (len(batch) / len(whole))                                 # Eq. (1)
     return loss, sum(len(b[0]) for b in batch)
+
+
+def micro_batches(items: list, size: int) -> list[list]:
+    """`items` cut into consecutive slices of `size` (0: one slice): what one forward/backward pass holds."""
+    size = size or len(items) or 1
+    return [items[k:k + size] for k in range(0, len(items), size)] or [[]]
+
+
+def enable_checkpointing(model) -> None:
+    """Recompute each layer's activations in the backward pass instead of keeping them (transformers' activation
+    checkpointing; called `gradient_checkpointing_enable` before transformers 5.2x)."""
+    on = getattr(model, "activation_checkpointing_enable", None)
+    if on is not None:
+        on(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def sft(model, tok, demos: list[dict], cfg: Config, device) -> dict:
@@ -545,19 +570,23 @@ def sft(model, tok, demos: list[dict], cfg: Config, device) -> dict:
     steps = max(1, int(cfg.sft_epochs * len(data) / cfg.sft_batch))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0, betas=(0.9, 0.95))
     batches = Cycler(data, cfg.sft_batch, cfg.seed, length=lambda d: len(d[0]))
+    if cfg.checkpointing:
+        enable_checkpointing(model)
     model.train()
     t0, n_tok, loss_ema = time.time(), 0, None
     for step in range(steps):
         batch = batches.next()
         for g in opt.param_groups:
             g["lr"] = cfg.sft_lr * lr_factor(step, steps, cfg.sft_warmup, cfg.sft_hold, cfg.sft_floor)
-        loss, n = bc_loss_fn(model, batch, device, "token")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = 0.0
+        for part in micro_batches(batch, cfg.micro_batch):            # gradients accumulate over the parts
+            part_loss, n = bc_loss_fn(model, part, device, "token", whole=batch)
+            part_loss.backward()
+            loss, n_tok = loss + part_loss.item(), n_tok + n
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        n_tok += n
-        loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
+        loss_ema = loss if loss_ema is None else 0.95 * loss_ema + 0.05 * loss
         if step % max(1, steps // 10) == 0 or step == steps - 1:
             log(f"step {step + 1}/{steps} | sft | loss {loss_ema:.4f} | lr {opt.param_groups[0]['lr']:.2e} | "
                 f"{n_tok / (time.time() - t0):.0f} tok/s")
@@ -677,6 +706,7 @@ class Rollouts:
     def __init__(self, model, tok, env, cfg: Config, device, max_new: int = 128):
         self.model, self.tok, self.env, self.cfg, self.device = model, tok, env, cfg, device
         self.cache_arg = cache_argument(model)
+        self.keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.eot = torch.tensor(end_of_turn_ids(tok), device=device)
         self.pad = tok.pad_token_id
         self.max_new = cfg.max_new_tokens or max_new
@@ -796,9 +826,13 @@ class Rollouts:
         new_mask = (torch.arange(ids.shape[1], device=self.device)[None] < lens[:, None]).long()
         pos = (n_real[:, None] + new_mask.cumsum(1) - 1).clamp(min=0)
         attn = torch.cat([attn, new_mask], 1)
+        ends = (lens - 1).clamp(min=0)                         # each row's last real token
+        keep, col = torch.unique(ends, return_inverse=True)   # the LM head runs only at those positions
+        kw = {"logits_to_keep": keep} if self.keeps_logits else {}
         out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True,
-                         **{self.cache_arg: cache})             # the cache grows in place
-        last = out.logits[torch.arange(len(block), device=self.device), (lens - 1).clamp(min=0)].float()
+                         **{self.cache_arg: cache}, **kw)     # the cache grows in place
+        logits = out.logits if self.keeps_logits else out.logits[:, keep]
+        last = logits[torch.arange(len(block), device=self.device), col].float()
         return cache, attn, n_real + lens, last
 
     @staticmethod
@@ -1270,15 +1304,49 @@ def level_loss(model, pairs: list[dict], cfg: Config, device) -> tuple[torch.Ten
                            "tokens": sum(map(len, ids))}
 
 
-def level_gradient_norms(model, losses: dict) -> dict:
-    """How hard each term of Eq. (8) pulls: the norm of d L_level / d theta, one level at a time (a diagnostic,
-    logged at the first step; the update itself uses the sum)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def level_gradient_norms(model, batch: dict, cfg: Config, device) -> dict:
+    """How hard each term of Eq. (8) pulls: the norm of d L_level / d theta, one level at a time, over the step's
+    batch (a diagnostic, logged at the first step; the update itself uses the sum). Leaves no gradient behind."""
     norms = {}
-    for name, loss in losses.items():
-        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        norms[name] = float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads if g is not None])))
+    for name, pairs in batch.items():
+        model.zero_grad(set_to_none=True)
+        for part in micro_batches(pairs, cfg.micro_batch):
+            (level_loss(model, part, cfg, device)[0] * (len(part) / len(pairs))).backward()
+        grads = [p.grad.flatten() for p in model.parameters() if p.grad is not None]
+        norms[name] = float(torch.linalg.vector_norm(torch.cat(grads)))
+    model.zero_grad(set_to_none=True)
     return norms
+
+
+def accumulate_gradients(model, batch: dict, bc_batch: list | None, cfg: Config,
+                         device) -> tuple[float, float, dict, int]:
+    """Back-propagate Eq. (8) for one optimizer step, --micro-batch pairs (and expert trajectories) per forward /
+    backward pass; each micro-batch's loss is its share of the batch means, so the gradients add up to the whole
+    batch's (one pass when --micro-batch is 0). Returns L, L_BC and each level's metrics over the whole batch, and
+    the tokens it read."""
+    parts = {name: micro_batches(pairs, cfg.micro_batch) for name, pairs in batch.items()}
+    if bc_batch is not None:
+        parts["bc"] = micro_batches(bc_batch, cfg.micro_batch)
+    total, bc_total, metrics, n_tok = 0.0, 0.0, {}, 0
+    for k in range(max(map(len, parts.values()))):
+        losses = {}
+        for name, pairs in batch.items():
+            if k < len(parts[name]) and parts[name][k]:
+                share = len(parts[name][k]) / len(pairs)
+                level, m = level_loss(model, parts[name][k], cfg, device)
+                losses[name] = level * share
+                acc = metrics.setdefault(name, dict.fromkeys(m, 0))
+                for key, v in m.items():             # batch means: each part weighted by its share
+                    acc[key] += v if key == "tokens" else v * share
+                n_tok += m["tokens"]
+        bc_loss = torch.zeros((), device=device)
+        if "bc" in parts and k < len(parts["bc"]) and parts["bc"][k]:
+            bc_loss, n = bc_loss_fn(model, parts["bc"][k], device, cfg.bc_norm, whole=bc_batch)
+            n_tok += n
+        loss = hpl_loss(bc_loss, losses)                                                  # Eq. (8)
+        loss.backward()
+        total, bc_total = total + loss.item(), bc_total + bc_loss.item()
+    return total, bc_total, metrics, n_tok
 
 
 FIXED_LEVELS = ("traj", "step")      # the levels trained on the same pairs in every phase (group pairs grow)
@@ -1302,6 +1370,8 @@ def train(model, levels: dict, phases: list, bc_data: list, cfg: Config, device,
     fixed = level_batches(levels, cfg, pair_len)
     bc = Cycler(bc_data, cfg.batch, cfg.seed + 7, lambda d: len(d[0])) if bc_data is not None else None
     timings, rows, grad_norms = [], [], {}
+    if cfg.checkpointing:
+        enable_checkpointing(model)
     model.train()
     for ph, group in enumerate(phases):
         iters = dict(fixed)
@@ -1313,35 +1383,29 @@ def train(model, levels: dict, phases: list, bc_data: list, cfg: Config, device,
         for step in range(steps):
             for g in opt.param_groups:
                 g["lr"] = peak * lr_factor(step, steps, cfg.warmup)
-            losses, metrics = {}, {}
-            for name, it in iters.items():
-                losses[name], metrics[name] = level_loss(model, it.next(), cfg, device)
-                n_tok += metrics[name]["tokens"]
-            bc_loss = torch.zeros((), device=device)
-            if bc is not None:
-                bc_loss, n = bc_loss_fn(model, bc.next(), device, cfg.bc_norm)
-                n_tok += n
-            loss = hpl_loss(bc_loss, losses)                                              # Eq. (8)
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"non-finite loss at phase {ph + 1} step {step + 1}: {loss.item()} "
-                                   f"(levels: { {k: v.item() for k, v in losses.items()} }); lower --lr")
-            if ph == 0 and step == 0 and len(losses) > 1:
-                grad_norms = level_gradient_norms(model, losses)
+            batch = {name: it.next() for name, it in iters.items()}
+            bc_batch = bc.next() if bc is not None else None
+            if ph == 0 and step == 0 and len(batch) > 1:
+                grad_norms = level_gradient_norms(model, batch, cfg, device)
                 log("gradient norm of each level at pi_ref: " +
                     " | ".join(f"{k} {v:.2f}" for k, v in grad_norms.items()))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, bc_loss, metrics, n = accumulate_gradients(model, batch, bc_batch, cfg, device)  # Eq. (8)
+            n_tok += n
+            if not math.isfinite(loss):
+                raise RuntimeError(f"non-finite loss at phase {ph + 1} step {step + 1}: {loss} "
+                                   f"(levels: { {k: v['loss'] for k, v in metrics.items()} }); lower --lr")
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            row = {"phase": ph + 1, "step": step + 1, "loss": loss.item(), "bc": bc_loss.item(),
+            row = {"phase": ph + 1, "step": step + 1, "loss": loss, "bc": bc_loss,
                    **{f"{k}/{m}": v[m] for k, v in metrics.items() for m in ("loss", "chosen", "rejected",
                                                                                  "margin", "acc")}}
             rows.append(row)
             if step % max(1, steps // 5) == 0 or step == steps - 1:
                 parts = " | ".join(f"{k} {v['loss']:.3f} acc {v['acc']:.2f} margin {v['margin']:+.2f}"
                                    for k, v in metrics.items())
-                log(f"step {step + 1}/{steps} | phase {ph + 1}/{len(phases)} | loss {loss.item():.4f} | "
-                    f"bc {bc_loss.item():.4f} | {parts}")
+                log(f"step {step + 1}/{steps} | phase {ph + 1}/{len(phases)} | loss {loss:.4f} | "
+                    f"bc {bc_loss:.4f} | {parts}")
         timings.append({"phase": ph + 1, "steps": steps, "seconds": time.time() - t0,
                         "tokens_per_s": n_tok / max(1e-9, time.time() - t0)})
         if after_phase is not None and ph < len(phases) - 1:

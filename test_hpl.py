@@ -268,9 +268,12 @@ def test_rollout_engine_matches_full_recomputation(tiny, rollout_batch):
 
 
 @pytest.mark.parametrize("n_rows", [1, 2])       # 1: a lone prompt has no padding, so no mask reaches attention
-def test_rollout_prefill_logits_equal_a_plain_forward(tiny, n_rows):
+@pytest.mark.parametrize("keeps_logits", [True, False])  # the LM head at each row's last token, or everywhere
+def test_rollout_prefill_logits_equal_a_plain_forward(tiny, n_rows, keeps_logits):
     cfg, env, demos, tok, model = tiny
     engine = hpl.Rollouts(model, tok, env, cfg, "cpu")
+    assert engine.keeps_logits                  # Qwen2 takes logits_to_keep; a model without it gets the fallback
+    engine.keeps_logits = keeps_logits
     rows = [engine._start(j, hpl.Job(j, hpl.expert_prefix(demos[j], j))) for j in range(n_rows)]
     with hpl.grouped_attention_in(model):
         cache, attn, n_real, logits = engine._prefill(rows)
@@ -427,6 +430,51 @@ def test_train_step_changes_weights_and_stops_on_nonfinite(tiny, tmp_path):
         p["ref_chosen"] = float("nan")
     with pytest.raises(RuntimeError, match="non-finite loss"):
         hpl.train(policy, {"traj": pairs}, [[]], None, cfg, "cpu", str(tmp_path / "log2.jsonl"))
+
+
+def test_micro_batches_and_checkpointing_change_memory_not_the_update(tiny):
+    """--micro-batch accumulates each level's batch mean over slices weighted by their share, and
+    --checkpointing recomputes activations: both give the whole batch's loss, metrics and gradients."""
+    cfg, env, demos, tok, model = tiny
+    import copy
+    prompt = demos[0]["messages"][:demos[0]["n_prompt"]]
+    pairs = hpl.tokenize_pairs(tok, [{"prompt": prompt, "chosen": demos[0]["messages"][demos[0]["n_prompt"]:],
+                                      "rejected": [{"role": "assistant", "content": f"Thought: hm.\nAction: go to box {k}"}]}
+                                     for k in range(5)])
+    hpl.reference_logps(model, pairs, "cpu")
+    for k, p in enumerate(pairs):            # a reference away from the policy: margins and accuracies vary
+        p["ref_chosen"] += 0.7 * k - 1.0
+        p["ref_rejected"] -= 0.4 * k
+    bc = [hpl.render_chat(tok, d["messages"]) for d in demos[:3]]
+
+    def step(**kw):
+        c = hpl.Config(**{**cfg.__dict__, **kw})
+        m = copy.deepcopy(model).train()
+        if c.checkpointing:
+            hpl.enable_checkpointing(m)
+        loss, bc_loss, metrics, n_tok = hpl.accumulate_gradients(m, {"traj": pairs, "group": pairs[:2]}, bc, c, "cpu")
+        assert n_tok == metrics["traj"]["tokens"] + metrics["group"]["tokens"] + sum(len(x[0]) for x in bc)
+        return loss, bc_loss, metrics, [p.grad.clone() for p in m.parameters()]
+
+    for norm in ("token", "sum"):
+        loss, bc_loss, metrics, grads = step(bc_norm=norm)
+        assert 0 < metrics["traj"]["acc"] < 1 and metrics["traj"]["tokens"] == sum(
+            len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in pairs)
+        for kw in ({"micro_batch": 1}, {"micro_batch": 2}, {"micro_batch": 9}, {"checkpointing": True}):
+            loss2, bc2, metrics2, grads2 = step(bc_norm=norm, **kw)
+            assert (loss2, bc2) == pytest.approx((loss, bc_loss), rel=1e-5)
+            for level in metrics:
+                assert metrics2[level] == pytest.approx(metrics[level], rel=1e-5, abs=1e-6)
+            assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(grads, grads2))
+    # SFT's steps accumulate the same way
+    sft_cfg = dict(cfg.__dict__, sft_epochs=1.0, sft_batch=4, sft_lr=1e-2)
+    trained = []
+    for micro in (0, 1):
+        m = copy.deepcopy(model)
+        hpl.sft(m, tok, demos[:8], hpl.Config(**{**sft_cfg, "micro_batch": micro}), "cpu")
+        trained.append(list(m.parameters()))
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(*trained))
+    assert not torch.equal(trained[0][0], model.get_input_embeddings().weight)
 
 
 def test_an_ablation_leaves_the_other_levels_batches_as_hpl_draws_them():
