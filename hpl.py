@@ -1124,12 +1124,18 @@ def semantic_groups_from_model(path: str, demos: list[dict], device) -> list:
 
 
 @torch.no_grad()
-def action_entropies(model, tok, demos: list[dict], device, batch: int = 16) -> list[list[float]]:
-    """pi_ref's mean token entropy over each expert step's action tokens (the text after 'Action:')."""
+@torch.no_grad()
+def action_entropies(model, tok, demos: list[dict], device, batch: int = 16,
+                     max_logits: int = 2 ** 28) -> list[list[float]]:
+    """pi_ref's mean token entropy over each expert step's action tokens (the text after 'Action:').
+    Up to `batch` trajectories per forward, fewer where their logits would pass `max_logits` numbers (1 GiB in
+    float32; the tiny model's 16 fit, Qwen2.5's vocabulary of 151,936 gets one trajectory per forward)."""
+    rendered_all = [render_chat(tok, d["messages"]) for d in demos]
+    longest = max((len(r[0]) for r in rendered_all), default=1)
+    batch = max(1, min(batch, max_logits // (model.config.vocab_size * longest)))
     result = []
     for k in range(0, len(demos), batch):
-        chunk = demos[k:k + batch]
-        rendered = [render_chat(tok, d["messages"]) for d in chunk]
+        chunk, rendered = demos[k:k + batch], rendered_all[k:k + batch]
         ids = pad_batch([r[0] for r in rendered]).to(device)
         attn = pad_batch([[1] * len(r[0]) for r in rendered]).to(device)
         logp = model(input_ids=ids, attention_mask=attn).logits.float().log_softmax(-1)

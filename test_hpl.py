@@ -359,6 +359,38 @@ def test_uncertainty_boundary_where_entropy_exceeds_threshold():
     assert hpl.segment(["a"] * 6, "uncertainty", entropies=ent, threshold=0.5) == [(0, 3), (3, 5), (5, 6)]
 
 
+def test_action_entropies_are_pi_refs_entropy_over_each_action_text(tiny):
+    """The uncertainty segmenter's input, computed independently: the mean entropy of pi_ref's next-token
+    distribution over the tokens of each agent turn's text after "Action:" (found by character offsets)."""
+    cfg, env, demos, tok, model = tiny
+    import copy
+    model = copy.deepcopy(model)
+    with torch.no_grad():                    # sharper than random init: entropies that differ token by token
+        model.get_output_embeddings().weight.mul_(10)
+    got = hpl.action_entropies(model, tok, demos[:3], "cpu")
+    for d, values in zip(demos[:3], got):
+        ids, _ = hpl.render_chat(tok, d["messages"])
+        text = tok.decode(ids)
+        with torch.no_grad():
+            logp = model(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
+        ent = -(logp.exp() * logp).sum(-1)
+        offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        expected, at = [], 0
+        for m in d["messages"][d["n_prompt"]:]:
+            if m["role"] != "assistant":
+                continue
+            start = text.index(m["content"], at)
+            at = start + len(m["content"])
+            act = start + m["content"].index("Action:") + len("Action:")
+            positions = [p for p, (a, b) in enumerate(offsets) if act <= a < at]
+            expected.append(float(ent[[p - 1 for p in positions]].mean()))
+        assert len(values) == len(d["actions"]) and values == pytest.approx(expected, rel=1e-5)
+    assert max(max(v) - min(v) for v in got) > 0.1
+    # fewer trajectories per forward (a large vocabulary's logits budget) give the same entropies
+    one_by_one = hpl.action_entropies(model, tok, demos[:3], "cpu", max_logits=1)
+    assert all(a == pytest.approx(b, rel=1e-5) for a, b in zip(one_by_one, got))
+
+
 def test_semantic_rule_based_and_model_answers():
     assert hpl.segment(ALF_ACTIONS, "semantic", env="alfworld") == [(0, 4), (4, 6), (6, 8)]
     shop = ["search[red shoes]", "click[b01234abcd]", "click[red]", "click[9]", "click[buy now]"]
