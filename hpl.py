@@ -424,7 +424,7 @@ def forward_logps(model, batch_ids: list[list[int]], batch_masks: list[list[int]
         if last or (len(chunk) + 1) * len(batch_ids[order[n + 1]]) > max_tokens:
             ids = pad_batch([batch_ids[j] for j in chunk]).to(device)
             mask = pad_batch([batch_masks[j] for j in chunk]).to(device)
-            for j, lp in zip(chunk, sequence_logps(model(input_ids=ids).logits, ids, mask)):
+            for j, lp in zip(chunk, sequence_logps(model(input_ids=ids, use_cache=False).logits, ids, mask)):
                 out[j] = lp
             chunk = []
     return torch.stack(out)
@@ -1138,7 +1138,7 @@ def action_entropies(model, tok, demos: list[dict], device, batch: int = 16,
         chunk, rendered = demos[k:k + batch], rendered_all[k:k + batch]
         ids = pad_batch([r[0] for r in rendered]).to(device)
         attn = pad_batch([[1] * len(r[0]) for r in rendered]).to(device)
-        logp = model(input_ids=ids, attention_mask=attn).logits.float().log_softmax(-1)
+        logp = model(input_ids=ids, attention_mask=attn, use_cache=False).logits.float().log_softmax(-1)
         ent = -(logp.exp() * logp).sum(-1)                      # entropy of the prediction at each position
         for row, (d, (tokens, mask)) in enumerate(zip(chunk, rendered)):
             text_ids = tokens
