@@ -198,6 +198,8 @@ def parse_config(argv=None) -> Config:
                             f"not {getattr(cfg, name)!r}")
     if cfg.jobs < 1 or (cfg.jobs > 1 and not cfg.compare):
         raise UserError("--jobs runs an experiment's runs side by side: a number >= 1, and > 1 only with --compare")
+    if cfg.micro_batch < 0:
+        raise UserError("--micro-batch is pairs per forward/backward pass: a number >= 1, or 0 for a whole step")
     return cfg
 
 

@@ -639,6 +639,11 @@ def test_side_by_side_runs_each_run_once_with_seeds_interleaved():
     for bad in (["--jobs", "2"], ["--compare", "methods", "--jobs", "0"]):
         with pytest.raises(hpl.UserError, match="--jobs"):
             hpl.parse_config(bad)
+    with pytest.raises(hpl.UserError, match="--micro-batch"):
+        hpl.parse_config(["--micro-batch", "-1"])
+    paper = hpl.parse_config(["--preset", "paper"])          # a real model's memory: see README, "Memory"
+    assert (paper.micro_batch, paper.checkpointing, hpl.Config().micro_batch, hpl.Config().checkpointing) == \
+        (2, True, 0, False)
 
 
 def test_policy_folder_names_carry_non_default_training_settings():
