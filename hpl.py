@@ -1343,9 +1343,9 @@ def accumulate_gradients(model, batch: dict, bc_batch: list | None, cfg: Config,
                 share = len(parts[name][k]) / len(pairs)
                 level, m = level_loss(model, parts[name][k], cfg, device)
                 losses[name] = level * share
-                acc = metrics.setdefault(name, dict.fromkeys(m, 0))
+                whole = metrics.setdefault(name, dict.fromkeys(m, 0))
                 for key, v in m.items():             # batch means: each part weighted by its share
-                    acc[key] += v if key == "tokens" else v * share
+                    whole[key] += v if key == "tokens" else v * share
                 n_tok += m["tokens"]
         bc_loss = torch.zeros((), device=device)
         if "bc" in parts and k < len(parts["bc"]) and parts["bc"][k]:
