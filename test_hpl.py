@@ -469,10 +469,9 @@ def test_micro_batches_and_checkpointing_change_memory_not_the_update(tiny):
     --checkpointing recomputes activations: both give the whole batch's loss, metrics and gradients."""
     cfg, env, demos, tok, model = tiny
     import copy
-    prompt = demos[0]["messages"][:demos[0]["n_prompt"]]
-    pairs = hpl.tokenize_pairs(tok, [{"prompt": prompt, "chosen": demos[0]["messages"][demos[0]["n_prompt"]:],
-                                      "rejected": [{"role": "assistant", "content": f"Thought: hm.\nAction: go to box {k}"}]}
-                                     for k in range(5)])
+    prompt, chosen = demos[0]["messages"][:demos[0]["n_prompt"]], demos[0]["messages"][demos[0]["n_prompt"]:]
+    wrong = [[{"role": "assistant", "content": f"Thought: hm.\nAction: go to box {k}"}] for k in range(5)]
+    pairs = hpl.tokenize_pairs(tok, [{"prompt": prompt, "chosen": chosen, "rejected": r} for r in wrong])
     hpl.reference_logps(model, pairs, "cpu")
     for k, p in enumerate(pairs):            # a reference away from the policy: margins and accuracies vary
         p["ref_chosen"] += 0.7 * k - 1.0
