@@ -1126,7 +1126,6 @@ def semantic_groups_from_model(path: str, demos: list[dict], device) -> list:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def action_entropies(model, tok, demos: list[dict], device, batch: int = 16,
                      max_logits: int = 2 ** 28) -> list[list[float]]:
     """pi_ref's mean token entropy over each expert step's action tokens (the text after 'Action:').
@@ -1312,20 +1311,6 @@ def level_loss(model, pairs: list[dict], cfg: Config, device) -> tuple[torch.Ten
                            "tokens": sum(map(len, ids))}
 
 
-def level_gradient_norms(model, batch: dict, cfg: Config, device) -> dict:
-    """How hard each term of Eq. (8) pulls: the norm of d L_level / d theta, one level at a time, over the step's
-    batch (a diagnostic, logged at the first step; the update itself uses the sum). Leaves no gradient behind."""
-    norms = {}
-    for name, pairs in batch.items():
-        model.zero_grad(set_to_none=True)
-        for part in micro_batches(pairs, cfg.micro_batch):
-            (level_loss(model, part, cfg, device)[0] * (len(part) / len(pairs))).backward()
-        grads = [p.grad.flatten() for p in model.parameters() if p.grad is not None]
-        norms[name] = float(torch.linalg.vector_norm(torch.cat(grads)))
-    model.zero_grad(set_to_none=True)
-    return norms
-
-
 def accumulate_gradients(model, batch: dict, bc_batch: list | None, cfg: Config,
                          device) -> tuple[float, float, dict, int]:
     """Back-propagate Eq. (8) for one optimizer step, --micro-batch pairs (and expert trajectories) per forward /
@@ -1355,6 +1340,19 @@ def accumulate_gradients(model, batch: dict, bc_batch: list | None, cfg: Config,
         loss.backward()
         total, bc_total = total + loss.item(), bc_total + bc_loss.item()
     return total, bc_total, metrics, n_tok
+
+
+def level_gradient_norms(model, batch: dict, cfg: Config, device) -> dict:
+    """How hard each term of Eq. (8) pulls: the norm of d L_level / d theta, one level at a time, over the step's
+    batch (a diagnostic, logged at the first step; the update itself uses the sum). Leaves no gradient behind."""
+    norms = {}
+    for name, pairs in batch.items():
+        model.zero_grad(set_to_none=True)
+        accumulate_gradients(model, {name: pairs}, None, cfg, device)       # this level alone, no L_BC
+        grads = [p.grad.flatten() for p in model.parameters() if p.grad is not None]
+        norms[name] = float(torch.linalg.vector_norm(torch.cat(grads)))
+    model.zero_grad(set_to_none=True)
+    return norms
 
 
 FIXED_LEVELS = ("traj", "step")      # the levels trained on the same pairs in every phase (group pairs grow)
