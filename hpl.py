@@ -638,8 +638,11 @@ def grouped_attention(module, query, key, value, attention_mask, scaling=None, d
     return out.transpose(1, 2), None
 
 
-def kv_cache():
-    """A DynamicCache whose layers write into spare room instead of concatenating at every new token."""
+def kv_cache(spare: int = 64, dtype: torch.dtype | None = None):
+    """A DynamicCache whose layers write into spare room instead of concatenating at every new token. A layer
+    that runs out of room moves into one that holds its tokens plus `spare` more (the rollout engine: one agent
+    turn, so a turn decodes without moving the cache); slots past the tokens are never read. `dtype`: what keys
+    and values are kept in (None: as they come; the rollout engine under autocast: its dtype, below)."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
@@ -649,8 +652,9 @@ def kv_cache():
                 self.lazy_initialization(key_states, value_states)
             n, new = self.get_seq_length(), key_states.shape[-2]
             if getattr(self, "room", None) is None or n + new > self.room[0].shape[-2]:
-                shape = (*key_states.shape[:2], 2 * (n + new) + 16, key_states.shape[-1])
-                self.room = [torch.zeros(shape, dtype=key_states.dtype, device=key_states.device) for _ in "kv"]
+                shape = (*key_states.shape[:2], n + new + spare, key_states.shape[-1])
+                self.room = [torch.empty(shape, dtype=dtype or x.dtype, device=x.device)
+                             for x in (key_states, value_states)]
                 if n:
                     self.room[0][:, :, :n], self.room[1][:, :, :n] = self.keys, self.values
             self.room[0][:, :, n:n + new], self.room[1][:, :, n:n + new] = key_states, value_states
@@ -815,10 +819,17 @@ class Rollouts:
             r["fed"] = t
         ids = self.tok(uniq, add_special_tokens=False)["input_ids"]
         self.stats["prefill_tokens"] += sum(map(len, ids))
-        empty = (kv_cache(), torch.zeros(len(uniq), 0, dtype=torch.long, device=self.device),
+        empty = (kv_cache(spare=self.max_new + 16, dtype=self.cache_dtype()),
+                 torch.zeros(len(uniq), 0, dtype=torch.long, device=self.device),
                  torch.zeros(len(uniq), dtype=torch.long, device=self.device))
         state = self._forward(*empty, ids)
         return self._select(state, [uniq.index(t) for t in texts])
+
+    def cache_dtype(self) -> torch.dtype | None:
+        """Under autocast, attention reads keys and values in autocast's dtype, so the cache keeps them in it (the
+        same attention to the bit). Qwen2's keys leave RoPE in float32, which would take 1.5x the memory."""
+        kind = torch.device(self.device).type
+        return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
 
     def _forward(self, cache, attn, n_real, block: list[list[int]]):
         """Append a right-padded block of new tokens to every row; returns the new state with the logits at

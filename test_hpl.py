@@ -313,6 +313,39 @@ def test_rollout_engine_prefix_turns_and_sampling_are_reproducible(tiny):
         assert r["turns"] == 1 and len(hpl.agent_turns(r)) == 1
 
 
+def test_kv_cache_holds_its_tokens_plus_one_turn_and_moves_only_when_full():
+    cache, g = hpl.kv_cache(spare=3), torch.Generator().manual_seed(0)
+    blocks = [[torch.randn(2, 1, t, 4, generator=g) for _ in "kv"] for t in (5, 1, 1, 1, 1)]  # a prompt, 4 tokens
+    rooms = []
+    for k, v in blocks:
+        keys, values = cache.update(k, v, 0)
+        room = cache.layers[0].room[0]
+        rooms.append((room.data_ptr(), room.shape[-2]))
+    assert [size for _, size in rooms] == [8, 8, 8, 8, 12]     # 5 + 3 spare; the 4th token moves into 9 + 3
+    assert len({ptr for ptr, _ in rooms[:4]}) == 1                # the first three tokens fit where they are
+    assert torch.equal(keys, torch.cat([k for k, _ in blocks], 2))
+    assert torch.equal(values, torch.cat([v for _, v in blocks], 2))
+
+
+def test_rollout_cache_keeps_autocast_dtype_and_the_same_logits(tiny, monkeypatch):
+    cfg, env, demos, tok, model = tiny
+    engine = hpl.Rollouts(model, tok, env, cfg, "cpu")
+    assert engine.cache_dtype() is None                              # float32 arithmetic: kept as it comes
+    rows = [engine._start(j, hpl.Job(j, hpl.expert_prefix(demos[j], j))) for j in (1, 2)]   # unequal: padded
+    runs = {}
+    with torch.autocast("cpu", dtype=torch.bfloat16), hpl.grouped_attention_in(model):
+        for kept in (torch.bfloat16, None):                          # None: keys float32, as RoPE leaves them
+            monkeypatch.setattr(engine, "cache_dtype", lambda: kept)
+            cache, attn, n_real, prefill = engine._prefill(rows)
+            dtypes = (cache.layers[0].keys.dtype, cache.layers[0].values.dtype)
+            _, _, _, decoded = engine._forward(cache, attn, n_real, [[5], [7]])   # one decoding step
+            runs[kept] = dtypes, prefill, decoded
+    assert runs[torch.bfloat16][0] == (torch.bfloat16, torch.bfloat16)
+    assert runs[None][0] == (torch.float32, torch.bfloat16)
+    assert torch.equal(runs[torch.bfloat16][1], runs[None][1])       # attention casts to bf16 either way
+    assert torch.equal(runs[torch.bfloat16][2], runs[None][2])
+
+
 def test_mc_estimate_is_the_mean_final_reward():
     assert hpl.mc_estimate([1.0, 0.0, 0.0, 1.0, 1.0]) == pytest.approx(0.6)      # Eq. (2), M = 5
 
