@@ -553,7 +553,7 @@ def bc_loss_fn(model, batch: list[tuple[list[int], list[int]]], device, norm: st
 def micro_batches(items: list, size: int) -> list[list]:
     """`items` cut into consecutive slices of `size` (0: one slice): what one forward/backward pass holds."""
     size = size or len(items) or 1
-    return [items[k:k + size] for k in range(0, len(items), size)] or [[]]
+    return [items[k:k + size] for k in range(0, len(items), size)]
 
 
 def enable_checkpointing(model) -> None:
@@ -1335,7 +1335,7 @@ def accumulate_gradients(model, batch: dict, bc_batch: list | None, cfg: Config,
     for k in range(max(map(len, parts.values()))):
         losses = {}
         for name, pairs in batch.items():
-            if k < len(parts[name]) and parts[name][k]:
+            if k < len(parts[name]):
                 share = len(parts[name][k]) / len(pairs)
                 level, m = level_loss(model, parts[name][k], cfg, device)
                 losses[name] = level * share
@@ -1344,7 +1344,7 @@ def accumulate_gradients(model, batch: dict, bc_batch: list | None, cfg: Config,
                     whole[key] += v if key == "tokens" else v * share
                 n_tok += m["tokens"]
         bc_loss = torch.zeros((), device=device)
-        if "bc" in parts and k < len(parts["bc"]) and parts["bc"][k]:
+        if k < len(parts.get("bc", ())):
             bc_loss, n = bc_loss_fn(model, parts["bc"][k], device, cfg.bc_norm, whole=bc_batch)
             n_tok += n
         loss = hpl_loss(bc_loss, losses)                                                  # Eq. (8)
