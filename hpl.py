@@ -417,7 +417,9 @@ def forward_logps(model, batch_ids: list[list[int]], batch_masks: list[list[int]
     Sequences run in length-sorted chunks of at most `max_tokens` padded tokens, so a short sequence is never
     padded to a long one. Right padding needs no attention mask under causal attention: a real token only sees
     earlier tokens, which are all real, and padded positions are never scored (the mask is 0 there). Without a
-    mask, PyTorch's fused causal attention kernel runs instead of a materialised [B, H, T, T] mask."""
+    mask, PyTorch's fused causal attention kernel runs instead of a materialised [B, H, T, T] mask. The LM head
+    runs on the scored positions only (`lm_head_parts`): the same log-probs without the [B, T, V] logits."""
+    decoder, head = lm_head_parts(model)
     order = sorted(range(len(batch_ids)), key=lambda i: len(batch_ids[i]))
     out, chunk = [None] * len(order), []
     for n, i in enumerate(order):
@@ -426,28 +428,44 @@ def forward_logps(model, batch_ids: list[list[int]], batch_masks: list[list[int]
         if last or (len(chunk) + 1) * len(batch_ids[order[n + 1]]) > max_tokens:
             ids = pad_batch([batch_ids[j] for j in chunk]).to(device)
             mask = pad_batch([batch_masks[j] for j in chunk]).to(device)
-            for j, lp in zip(chunk, sequence_logps(model(input_ids=ids, use_cache=False).logits, ids, mask)):
+            if head is None:
+                lps = sequence_logps(model(input_ids=ids, use_cache=False).logits, ids, mask)
+            else:
+                lps = sequence_logps(decoder(input_ids=ids, use_cache=False).last_hidden_state, ids, mask, head)
+            for j, lp in zip(chunk, lps):
                 out[j] = lp
             chunk = []
     return torch.stack(out)
 
 
+def lm_head_parts(model) -> tuple:
+    """(decoder, LM head) when the model's logits are just head(decoder's last hidden state), as in Qwen2 and
+    Llama; (None, None) when its head does more (Gemma 2's soft-capping, Cohere's logit scale)."""
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    plain = not getattr(model.config, "final_logit_softcapping", None) and not hasattr(model.config, "logit_scale")
+    return (decoder, head) if plain and decoder is not model and head is not None else (None, None)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 2. Log-probabilities and the DPO loss shared by the three levels (Eqs. 3, 4, 5)
 # ---------------------------------------------------------------------------------------------------------
-def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor,
+                   head: torch.nn.Module | None = None) -> torch.Tensor:
     """Sum of log pi(y_t | y_<t) over the masked (assistant) tokens of each sequence.
 
     Args:
-        logits: Tensor[B, T, V], the model's output for input_ids.
+        logits: Tensor[B, T, V], the model's output for input_ids; or, with `head`, the last hidden states
+            Tensor[B, T, H] that `head` maps to logits, applied to the scored positions only.
         input_ids: Tensor[B, T].
         mask: Tensor[B, T], 1 where the token at that position is scored (the agent's own tokens).
+        head: the LM head (a Linear H -> V), or None when `logits` are logits already.
     Returns:
         Tensor[B]: per-sequence sum of log-probs (not length-normalised, as DPO, ETO and IPR).
     """
     labels, keep = input_ids[:, 1:], mask[:, 1:].bool()      # token t is predicted by the logits at t-1
     rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)[keep]
-    scored = logits[:, :-1][keep].float()                     # only masked positions: no grad elsewhere
+    scored = logits[:, :-1][keep]                             # only masked positions: no grad elsewhere
+    scored = (scored if head is None else head(scored)).float()
     token_logps = scored.log_softmax(-1).gather(-1, labels[keep][:, None]).squeeze(-1)
     return torch.zeros(labels.shape[0], device=logits.device).index_add(0, rows, token_logps)
 

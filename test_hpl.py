@@ -141,6 +141,37 @@ def test_sequence_logps_gradient_only_reaches_masked_positions():
     assert touched.tolist() == [[False, True, True, False, False, False], [True, False, False, False, True, False]]
 
 
+def small_qwen2(vocab=40):
+    torch.manual_seed(0)
+    cfg = hpl.Config(hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=32)
+    return hpl.build_tiny_model(cfg, vocab)
+
+
+def test_forward_logps_equals_full_logits_with_the_head_on_scored_positions_only():
+    model, g = small_qwen2(), torch.Generator().manual_seed(1)
+    ids = [torch.randint(0, 40, (n,), generator=g).tolist() for n in (9, 5, 14, 7)]
+    masks = [[int(k >= n // 2) for k in range(n)] for n in map(len, ids)]
+    rows = []                                                    # the rows the LM head is given
+    hook = model.lm_head.register_forward_hook(lambda m, inp, out: rows.append(inp[0].shape[0]))
+    got = hpl.forward_logps(model, ids, masks, "cpu", max_tokens=20)        # several chunks, right padding
+    hook.remove()
+    assert sum(rows) == sum(sum(m[1:]) for m in masks)            # never the padded [B, T, V] logits
+    grads = torch.autograd.grad(got.sum(), list(model.parameters()))
+    # each sequence alone through the whole model (logits at every position), then scored
+    full = torch.cat([hpl.sequence_logps(model(input_ids=torch.tensor([x])).logits, torch.tensor([x]),
+                                         torch.tensor([m])) for x, m in zip(ids, masks)])
+    assert torch.allclose(got, full, atol=1e-5)
+    for a, b in zip(grads, torch.autograd.grad(full.sum(), list(model.parameters()))):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_lm_head_parts_keeps_full_logits_when_the_head_does_more_than_a_linear_map():
+    model = small_qwen2()
+    assert hpl.lm_head_parts(model) == (model.model, model.lm_head)
+    model.config.final_logit_softcapping = 30.0                   # Gemma 2: tanh soft-capping after the head
+    assert hpl.lm_head_parts(model) == (None, None)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # render_chat: the assistant-only mask (ETO/IPR), for the tiny tokenizer and Qwen2.5's own template
 # ---------------------------------------------------------------------------------------------------------
