@@ -140,7 +140,7 @@ class Config:
 
 
 PRESETS = {
-    "cpu": {},                                  # the defaults above: ~15 min for ALFWorld on 2 CPU cores (README)
+    "cpu": {},                                  # the defaults above: 15-40 min for ALFWorld on 2 CPU cores (README)
     "paper": dict(scene="full", instruction="full", sft_tasks=3553, sft_epochs=3, sft_batch=32, sft_lr=1e-5,
                   sft_warmup=0.1, sft_hold=0.0, sft_floor=0.0, explore_tasks=0, mc_rollouts=5, step_branches=0,
                   group_branches=0, n_neg=3, neg_tries=4, batch=32, lr=0.0, max_len=6000, rollout_batch=128,
