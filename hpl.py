@@ -37,6 +37,7 @@ import re
 import shutil
 import sys
 import time
+import weakref
 from dataclasses import dataclass
 
 try:
@@ -438,12 +439,26 @@ def forward_logps(model, batch_ids: list[list[int]], batch_masks: list[list[int]
     return torch.stack(out)
 
 
+PLAIN_HEAD = weakref.WeakKeyDictionary()            # model -> whether its logits are head(decoder(ids))
+
+
 def lm_head_parts(model) -> tuple:
     """(decoder, LM head) when the model's logits are just head(decoder's last hidden state), as in Qwen2 and
-    Llama; (None, None) when its head does more (Gemma 2's soft-capping, Cohere's logit scale)."""
+    Llama; (None, None) when its forward does more to them (Gemma's soft-capping, Granite's or Cohere's logit
+    scale). Decided once per model by comparing both ways on a short probe, in eval mode and float32."""
     decoder, head = model.get_decoder(), model.get_output_embeddings()
-    plain = not getattr(model.config, "final_logit_softcapping", None) and not hasattr(model.config, "logit_scale")
-    return (decoder, head) if plain and decoder is not model and head is not None else (None, None)
+    if model not in PLAIN_HEAD:
+        plain = decoder is not model and head is not None
+        if plain:
+            training, device = model.training, next(model.parameters()).device
+            probe = torch.arange(8, device=device)[None] % head.weight.shape[0]
+            model.eval()
+            with torch.no_grad(), torch.autocast(device.type, enabled=False):
+                plain = torch.equal(model(input_ids=probe, use_cache=False).logits,
+                                    head(decoder(input_ids=probe, use_cache=False).last_hidden_state))
+            model.train(training)
+        PLAIN_HEAD[model] = plain
+    return (decoder, head) if PLAIN_HEAD[model] else (None, None)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -151,6 +151,7 @@ def test_forward_logps_equals_full_logits_with_the_head_on_scored_positions_only
     model, g = small_qwen2(), torch.Generator().manual_seed(1)
     ids = [torch.randint(0, 40, (n,), generator=g).tolist() for n in (9, 5, 14, 7)]
     masks = [[int(k >= n // 2) for k in range(n)] for n in map(len, ids)]
+    hpl.lm_head_parts(model)                                     # its one-off probe, before counting
     rows = []                                                    # the rows the LM head is given
     hook = model.lm_head.register_forward_hook(lambda m, inp, out: rows.append(inp[0].shape[0]))
     got = hpl.forward_logps(model, ids, masks, "cpu", max_tokens=20)        # several chunks, right padding
@@ -165,11 +166,24 @@ def test_forward_logps_equals_full_logits_with_the_head_on_scored_positions_only
         assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_lm_head_parts_keeps_full_logits_when_the_head_does_more_than_a_linear_map():
-    model = small_qwen2()
-    assert hpl.lm_head_parts(model) == (model.model, model.lm_head)
-    model.config.final_logit_softcapping = 30.0                   # Gemma 2: tanh soft-capping after the head
-    assert hpl.lm_head_parts(model) == (None, None)
+def test_lm_head_parts_keeps_full_logits_when_the_forward_does_more_than_the_head():
+    from transformers import Qwen2ForCausalLM
+
+    class ScaledLogits(Qwen2ForCausalLM):                          # as Granite divides by logits_scaling
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            out.logits = out.logits / 2.0
+            return out
+
+    plain = small_qwen2()
+    assert hpl.lm_head_parts(plain) == (plain.model, plain.lm_head)
+    scaled = ScaledLogits(plain.config)
+    scaled.load_state_dict(plain.state_dict())
+    assert hpl.lm_head_parts(scaled.train()) == (None, None) and scaled.training       # mode restored
+    ids, masks = [[3, 7, 1, 9, 4, 2]], [[0, 0, 1, 1, 0, 1]]
+    full = hpl.sequence_logps(scaled(input_ids=torch.tensor(ids)).logits, torch.tensor(ids), torch.tensor(masks))
+    assert torch.equal(hpl.forward_logps(scaled, ids, masks, "cpu"), full)
+    assert not torch.allclose(hpl.forward_logps(plain, ids, masks, "cpu"), full)
 
 
 # ---------------------------------------------------------------------------------------------------------
