@@ -164,6 +164,11 @@ def test_forward_logps_equals_full_logits_with_the_head_on_scored_positions_only
     assert torch.allclose(got, full, atol=1e-5)
     for a, b in zip(grads, torch.autograd.grad(full.sum(), list(model.parameters()))):
         assert torch.allclose(a, b, atol=1e-5)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):     # a real model's arithmetic (bf16)
+        got = hpl.forward_logps(model, ids, masks, "cpu", max_tokens=20)
+        full = torch.cat([hpl.sequence_logps(model(input_ids=torch.tensor([x])).logits, torch.tensor([x]),
+                                             torch.tensor([m])) for x, m in zip(ids, masks)])
+    assert got.dtype == torch.float32 and torch.allclose(got, full, atol=1e-3)
 
 
 def test_lm_head_parts_keeps_full_logits_when_the_forward_does_more_than_the_head():
