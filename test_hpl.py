@@ -147,6 +147,12 @@ def small_qwen2(vocab=40):
     return hpl.build_tiny_model(cfg, vocab)
 
 
+def full_logits_logps(model, ids, masks):
+    """Each sequence alone through the whole model (logits at every position), then scored."""
+    return torch.cat([hpl.sequence_logps(model(input_ids=torch.tensor([x])).logits, torch.tensor([x]),
+                                         torch.tensor([m])) for x, m in zip(ids, masks)])
+
+
 def test_forward_logps_equals_full_logits_with_the_head_on_scored_positions_only():
     model, g = small_qwen2(), torch.Generator().manual_seed(1)
     ids = [torch.randint(0, 40, (n,), generator=g).tolist() for n in (9, 5, 14, 7)]
@@ -158,16 +164,13 @@ def test_forward_logps_equals_full_logits_with_the_head_on_scored_positions_only
     hook.remove()
     assert sum(rows) == sum(sum(m[1:]) for m in masks)            # never the padded [B, T, V] logits
     grads = torch.autograd.grad(got.sum(), list(model.parameters()))
-    # each sequence alone through the whole model (logits at every position), then scored
-    full = torch.cat([hpl.sequence_logps(model(input_ids=torch.tensor([x])).logits, torch.tensor([x]),
-                                         torch.tensor([m])) for x, m in zip(ids, masks)])
+    full = full_logits_logps(model, ids, masks)
     assert torch.allclose(got, full, atol=1e-5)
     for a, b in zip(grads, torch.autograd.grad(full.sum(), list(model.parameters()))):
         assert torch.allclose(a, b, atol=1e-5)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):     # a real model's arithmetic (bf16)
         got = hpl.forward_logps(model, ids, masks, "cpu", max_tokens=20)
-        full = torch.cat([hpl.sequence_logps(model(input_ids=torch.tensor([x])).logits, torch.tensor([x]),
-                                             torch.tensor([m])) for x, m in zip(ids, masks)])
+        full = full_logits_logps(model, ids, masks)
     assert got.dtype == torch.float32 and torch.allclose(got, full, atol=1e-3)
 
 
@@ -186,7 +189,7 @@ def test_lm_head_parts_keeps_full_logits_when_the_forward_does_more_than_the_hea
     scaled.load_state_dict(plain.state_dict())
     assert hpl.lm_head_parts(scaled.train()) == (None, None) and scaled.training       # mode restored
     ids, masks = [[3, 7, 1, 9, 4, 2]], [[0, 0, 1, 1, 0, 1]]
-    full = hpl.sequence_logps(scaled(input_ids=torch.tensor(ids)).logits, torch.tensor(ids), torch.tensor(masks))
+    full = full_logits_logps(scaled, ids, masks)
     assert torch.equal(hpl.forward_logps(scaled, ids, masks, "cpu"), full)
     assert not torch.allclose(hpl.forward_logps(plain, ids, masks, "cpu"), full)
 
