@@ -453,10 +453,12 @@ def lm_head_parts(model) -> tuple:
             training, device = model.training, next(model.parameters()).device
             probe = torch.arange(8, device=device)[None] % head.weight.shape[0]
             model.eval()
-            with torch.no_grad(), torch.autocast(device.type, enabled=False):
-                plain = torch.equal(model(input_ids=probe, use_cache=False).logits,
-                                    head(decoder(input_ids=probe, use_cache=False).last_hidden_state))
-            model.train(training)
+            try:
+                with torch.no_grad(), torch.autocast(device.type, enabled=False):
+                    plain = torch.equal(model(input_ids=probe, use_cache=False).logits,
+                                        head(decoder(input_ids=probe, use_cache=False).last_hidden_state))
+            finally:
+                model.train(training)                 # back to the caller's mode, even if the probe raised
         PLAIN_HEAD[model] = plain
     return (decoder, head) if PLAIN_HEAD[model] else (None, None)
 

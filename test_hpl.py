@@ -194,6 +194,19 @@ def test_lm_head_parts_keeps_full_logits_when_the_forward_does_more_than_the_hea
     assert not torch.allclose(hpl.forward_logps(plain, ids, masks, "cpu"), full)
 
 
+def test_lm_head_parts_restores_the_training_mode_when_its_probe_raises():
+    from transformers import Qwen2ForCausalLM
+
+    class Broken(Qwen2ForCausalLM):                               # a forward that fails on the probe
+        def forward(self, *args, **kwargs):
+            raise RuntimeError("probe failed")
+
+    model = Broken(small_qwen2().config).train()
+    with pytest.raises(RuntimeError, match="probe failed"):
+        hpl.lm_head_parts(model)
+    assert model.training and model not in hpl.PLAIN_HEAD          # left as found, and not decided
+
+
 # ---------------------------------------------------------------------------------------------------------
 # render_chat: the assistant-only mask (ETO/IPR), for the tiny tokenizer and Qwen2.5's own template
 # ---------------------------------------------------------------------------------------------------------
